@@ -3,7 +3,7 @@
 Formulas of ``DINOLoss.softmax_center_teacher`` and ``DINOLoss.sinkhorn_knopp_teacher`` in
 facebookresearch/dinov2 (``dinov2/loss/dino_clstoken_loss.py``); Sinkhorn-Knopp from
 Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments"
-(SwAV, 2020). Both return fp32 probabilities of shape ``[B, K]`` whose rows sum to 1.
+(SwAV, 2020). Both return fp32 (fp64 for fp64 input) probabilities of shape ``[B, K]`` whose rows sum to 1.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from medssl.losses.dispatch import check_2d, resolve_impl
+from medssl.losses.dispatch import acc_dtype, check_2d, resolve_impl
 
 __all__ = ["softmax_center", "sinkhorn_knopp", "sinkhorn_normalize_"]
+
+
+_TINY = torch.finfo(torch.float32).tiny
 
 
 def _distributed() -> bool:
@@ -24,7 +27,7 @@ def _distributed() -> bool:
 def softmax_center(
     teacher_logits: Tensor, center: Tensor | None, temp: float, impl: str = "auto"
 ) -> Tensor:
-    """``softmax((teacher_logits - center) / temp)`` over the last dim, in fp32.
+    """``softmax((teacher_logits - center) / temp)`` over the last dim, in fp32 (fp64 for fp64 inputs).
 
     ``center`` broadcasts against ``teacher_logits`` (``[K]``, ``[1, K]``) or is ``None``.
     """
@@ -33,9 +36,9 @@ def softmax_center(
         from medssl.losses import triton_kernels
 
         return triton_kernels.softmax_center(teacher_logits, center, temp)
-    t = teacher_logits.float()
+    t = teacher_logits.to(acc_dtype(teacher_logits))
     if center is not None:
-        t = t - center.float()
+        t = t - center.to(t.dtype)
     return torch.softmax(t / temp, dim=-1)
 
 
@@ -58,8 +61,10 @@ def sinkhorn_normalize_(q: Tensor, n_iter: int) -> Tensor:
         per_prototype = q.sum(dim=0, keepdim=True)
         if world > 1:
             dist.all_reduce(per_prototype)
-        q.div_(per_prototype * k)
-        q.div_(q.sum(dim=1, keepdim=True) * b_total)
+        # A prototype (or sample) whose every exp() underflowed would give 0/0; keeping it
+        # at zero instead is the limit of the formula and leaves all other entries as is.
+        q.div_(per_prototype.clamp_min_(_TINY).mul_(k))
+        q.div_(q.sum(dim=1, keepdim=True).clamp_min_(_TINY).mul_(b_total))
     return q.mul_(b_total)
 
 
@@ -78,7 +83,7 @@ def global_max(x: Tensor) -> Tensor:
 def sinkhorn_knopp(
     teacher_logits: Tensor, temp: float, n_iter: int = 3, impl: str = "auto"
 ) -> Tensor:
-    """Sinkhorn-Knopp teacher probabilities ``[B, K]`` (rows sum to 1), in fp32.
+    """Sinkhorn-Knopp teacher probabilities ``[B, K]`` (rows sum to 1), in fp32 (fp64 for fp64 inputs).
 
     ``exp(teacher_logits / temp)`` normalised as :func:`sinkhorn_normalize_` describes.
     All-reduces across ranks when torch.distributed is initialised.
@@ -90,6 +95,6 @@ def sinkhorn_knopp(
         from medssl.losses import triton_kernels
 
         return triton_kernels.sinkhorn_knopp(teacher_logits, temp, n_iter)
-    scaled = teacher_logits.float() / temp
+    scaled = teacher_logits.to(acc_dtype(teacher_logits)) / temp
     q = scaled.sub_(global_max(scaled)).exp_()
     return sinkhorn_normalize_(q, n_iter)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from medssl.losses.dispatch import check_2d, resolve_impl
+from medssl.losses.dispatch import acc_dtype, check_2d, resolve_impl
 
 __all__ = ["soft_cross_entropy"]
 
@@ -33,5 +33,6 @@ def soft_cross_entropy(
         from medssl.losses import triton_kernels
 
         return triton_kernels.soft_cross_entropy(student_logits, teacher_probs, student_temp)
-    log_p = torch.log_softmax(student_logits.float() / student_temp, dim=-1)
-    return -(teacher_probs.float() * log_p).sum(dim=-1)
+    dtype = acc_dtype(student_logits)
+    log_p = torch.log_softmax(student_logits.to(dtype) / student_temp, dim=-1)
+    return -(teacher_probs.to(dtype) * log_p).sum(dim=-1)

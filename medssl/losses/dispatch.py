@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 
+import torch
 from torch import Tensor
 
 logger = logging.getLogger("medssl.losses")
@@ -57,6 +58,11 @@ def resolve_impl(impl: str, x: Tensor, fn: str) -> str:
                 "imported to use the (slow) Triton interpreter, or use impl='torch'"
             )
     return impl
+
+
+def acc_dtype(x: Tensor) -> torch.dtype:
+    """Dtype of the softmax arithmetic: fp32, or fp64 for fp64 inputs (reference checks)."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def check_2d(name: str, fn: str, x: Tensor) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medssl.losses.dispatch import check_2d, resolve_impl
+from medssl.losses.dispatch import acc_dtype, check_2d, resolve_impl
 
 __all__ = ["koleo"]
 
@@ -32,9 +32,9 @@ def koleo(x: Tensor, eps: float = 1e-8, impl: str = "auto") -> Tensor:
     if n == 0:
         raise ValueError("medssl.losses.koleo: x has no rows")
     if n == 1:
-        return (x.float() * 0.0).sum()
+        return (x.to(acc_dtype(x)) * 0.0).sum()
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x = F.normalize(x.float(), p=2, dim=-1, eps=eps)
+        x = F.normalize(x.to(acc_dtype(x)), p=2, dim=-1, eps=eps)
         with torch.no_grad():
             dots = x @ x.T
             dots.fill_diagonal_(-2.0)

@@ -1,8 +1,18 @@
 """Fused prototype heads: projection onto K prototypes + soft cross-entropy / teacher targets.
 
 The last layer of the DINO / iBOT heads maps a bottleneck ``[B, D]`` onto ``K`` prototypes
-(65,536 in DINOv2). Eager code materialises several ``[B, K]`` fp32 matrices (logits,
-softmax, their gradients); the functions here stream over the prototypes instead.
+(65,536 in DINOv2), then takes a softmax cross-entropy against the teacher. Eager code
+materialises several ``[B, K]`` fp32 matrices (logits, log-softmax, products, gradients).
+Here the student side streams over tiles of prototypes with a running max and sum per row
+(the online softmax of Milakov & Gimelshein 2018, as in FlashAttention and Apple's Cut
+Cross-Entropy, here with soft targets), and the backward pass recomputes each tile:
+
+    loss_b = P_b * logsumexp_k(s_bk) - sum_k p_bk s_bk,  s = f W^T / tau,  P_b = sum_k p_bk
+    dL/dz_bk = g_b (P_b softmax(s)_bk - p_bk) / tau,     z = f W^T
+    grad_f = dL/dz @ W,   grad_W = dL/dz^T @ f
+
+(``P_b`` is 1 for proper targets; keeping it makes the result equal
+``-(p * log_softmax(s)).sum(-1)`` for any ``p``.)
 """
 
 from __future__ import annotations
@@ -11,9 +21,117 @@ import torch
 from torch import Tensor
 
 from medssl.losses.centering import global_max, sinkhorn_normalize_
-from medssl.losses.dispatch import check_2d, resolve_impl
+from medssl.losses.dispatch import acc_dtype, check_2d, resolve_impl
 
-__all__ = ["prototype_cross_entropy", "prototype_targets"]
+__all__ = ["prototype_cross_entropy", "prototype_targets", "default_chunk_size"]
+
+CENTERINGS = ("softmax_center", "sinkhorn_knopp", "none")
+
+# One fp32 [rows, chunk] tile is kept around this size: small enough that the few live
+# tiles stay far below the eager B x K matrices, large enough for efficient matmuls.
+_TILE_BYTES = 4 * 2**20
+
+
+def default_chunk_size(rows: int, k: int) -> int:
+    """Prototypes per tile for ``rows`` rows: about 4 MiB of fp32, a multiple of 256."""
+    c = _TILE_BYTES // (4 * max(rows, 1))
+    c = max(256, (c // 256) * 256)
+    return min(c, k)
+
+
+def _check_head(fn: str, features: Tensor, prototypes: Tensor, chunk_size: int | None) -> int:
+    check_2d("features", fn, features)
+    check_2d("prototypes", fn, prototypes)
+    if features.shape[1] != prototypes.shape[1]:
+        raise ValueError(
+            f"medssl.losses.{fn}: features have {features.shape[1]} dims but prototypes "
+            f"{tuple(prototypes.shape)} expect {prototypes.shape[1]} (prototypes are [K, D])"
+        )
+    if features.device != prototypes.device:
+        raise ValueError(
+            f"medssl.losses.{fn}: features on {features.device}, prototypes on {prototypes.device}"
+        )
+    k = prototypes.shape[0]
+    if chunk_size is None:
+        return default_chunk_size(features.shape[0], k)
+    if chunk_size < 1:
+        raise ValueError(f"medssl.losses.{fn}: chunk_size must be >= 1, got {chunk_size}")
+    return min(chunk_size, k)
+
+
+def _tile_logits(f: Tensor, w: Tensor, scale: float) -> Tensor:
+    """``f @ w.T * scale`` for one tile, matmul in the inputs' dtype, result in acc_dtype."""
+    z = f @ w.T
+    return z.to(acc_dtype(z)).mul_(scale)
+
+
+class _PrototypeCrossEntropy(torch.autograd.Function):
+    """Chunked torch path: never holds more than a couple of ``[B, chunk]`` tiles."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        features: Tensor,
+        prototypes: Tensor,
+        teacher_probs: Tensor,
+        student_temp: float,
+        chunk: int,
+    ) -> Tensor:
+        rows, k = features.shape[0], prototypes.shape[0]
+        inv_t = 1.0 / student_temp
+        acc = {"dtype": acc_dtype(features), "device": features.device}
+        run_max = torch.full((rows,), -torch.inf, **acc)
+        run_sum = torch.zeros(rows, **acc)
+        dot = torch.zeros(rows, **acc)
+        for k0 in range(0, k, chunk):
+            s = _tile_logits(features, prototypes[k0 : k0 + chunk], inv_t)
+            p = teacher_probs[:, k0 : k0 + chunk]
+            dot.add_(torch.linalg.vecdot(s, p.to(s.dtype)))
+            new_max = torch.maximum(run_max, s.amax(dim=1))
+            run_sum.mul_(torch.exp(run_max - new_max))
+            run_sum.add_(s.sub_(new_max[:, None]).exp_().sum(dim=1))
+            run_max = new_max
+        lse = run_max + run_sum.log()
+        mass = teacher_probs.sum(dim=1, dtype=acc["dtype"])
+        ctx.save_for_backward(features, prototypes, teacher_probs, lse, mass)
+        ctx.student_temp = student_temp
+        ctx.chunk = chunk
+        return mass * lse - dot
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
+        features, prototypes, teacher_probs, lse, mass = ctx.saved_tensors
+        need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_f or need_w):
+            return None, None, None, None, None
+        inv_t = 1.0 / ctx.student_temp
+        chunk = ctx.chunk
+        k = prototypes.shape[0]
+        row_scale = (grad_loss.to(lse.dtype) * inv_t)[:, None]
+        mass = mass[:, None]
+        lse = lse[:, None]
+        grad_f = torch.zeros(features.shape, dtype=lse.dtype, device=features.device)
+        grad_w = torch.empty_like(prototypes) if need_w else None
+        for k0 in range(0, k, chunk):
+            w = prototypes[k0 : k0 + chunk]
+            g = _tile_logits(features, w, inv_t)
+            # g becomes dL/dz for this tile, in place: (P * softmax - p) * g_b / tau
+            g.sub_(lse).exp_().mul_(mass).sub_(teacher_probs[:, k0 : k0 + chunk]).mul_(row_scale)
+            g = g.to(features.dtype)
+            if need_f:
+                if grad_f.dtype == g.dtype:
+                    grad_f.addmm_(g, w)
+                else:
+                    grad_f.add_(g @ w)
+            if need_w:
+                torch.mm(g.T, features, out=grad_w[k0 : k0 + chunk])
+        return (
+            grad_f.to(features.dtype) if need_f else None,
+            grad_w,
+            None,
+            None,
+            None,
+        )
 
 
 def prototype_cross_entropy(
@@ -24,11 +142,36 @@ def prototype_cross_entropy(
     impl: str = "auto",
     chunk_size: int | None = None,
 ) -> Tensor:
-    """Per-row soft cross-entropy of ``features @ prototypes.T / student_temp`` vs targets."""
+    """Per-row loss ``[B]`` (fp32): ``-(p * log_softmax(f @ W.T / student_temp)).sum(-1)``.
+
+    ``student_features`` ``[B, D]``, ``teacher_probs`` ``[B, K]`` (targets, no gradient:
+    detach them), ``prototypes`` ``[K, D]`` (the head's last layer weight, already
+    weight-normalised). Gradients flow to the features and the prototypes. The ``[B, K]``
+    logits are never materialised: the torch path works on ``[B, chunk_size]`` tiles
+    (``None``: about 4 MiB of fp32 per tile), the Triton path on register tiles.
+    """
     fn = "prototype_cross_entropy"
-    check_2d("student_features", fn, student_features)
-    logits = student_features @ prototypes.T
-    return -(teacher_probs.float() * torch.log_softmax(logits.float() / student_temp, -1)).sum(-1)
+    chunk = _check_head(fn, student_features, prototypes, chunk_size)
+    expected = (student_features.shape[0], prototypes.shape[0])
+    if tuple(teacher_probs.shape) != expected:
+        raise ValueError(
+            f"medssl.losses.{fn}: teacher_probs shape {tuple(teacher_probs.shape)}, expected "
+            f"{expected} (rows of student_features, rows of prototypes)"
+        )
+    if teacher_probs.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            f"medssl.losses.{fn}: teacher_probs requires grad; the fused head gives targets "
+            "no gradient, pass teacher_probs.detach()"
+        )
+    if resolve_impl(impl, student_features, fn) == "triton":
+        from medssl.losses import triton_kernels
+
+        return triton_kernels.prototype_cross_entropy(
+            student_features, teacher_probs, prototypes, student_temp
+        )
+    return _PrototypeCrossEntropy.apply(
+        student_features, prototypes, teacher_probs, float(student_temp), chunk
+    )
 
 
 @torch.no_grad()
@@ -42,15 +185,50 @@ def prototype_targets(
     impl: str = "auto",
     chunk_size: int | None = None,
 ) -> Tensor:
-    """Teacher probabilities ``[B, K]`` of ``teacher_features @ prototypes.T``."""
+    """Teacher probabilities ``[B, K]`` (fp32; fp64 for fp64 inputs; rows sum to 1) of ``teacher_features @ prototypes.T``.
+
+    ``centering="softmax_center"``: ``softmax((z - center) / temp)`` (``center`` ``[K]`` or
+    ``[1, K]``, or ``None`` for no centring, which ``centering="none"`` also means);
+    ``"sinkhorn_knopp"``: :func:`medssl.losses.sinkhorn_knopp` of ``z`` with ``n_iter``
+    iterations (all-reduced when distributed). The output is the only ``[B, K]`` matrix:
+    logits are written tile by tile into it and normalised in place. No gradient.
+    """
     fn = "prototype_targets"
-    check_2d("teacher_features", fn, teacher_features)
-    resolve_impl(impl, teacher_features, fn)
-    out = (teacher_features @ prototypes.T).float()
-    if centering == "softmax_center":
-        if center is not None:
-            out.sub_(center.float())
-        return torch.softmax(out.div_(temp), dim=-1)
-    out.div_(temp)
-    out.sub_(global_max(out)).exp_()
-    return sinkhorn_normalize_(out, n_iter)
+    chunk = _check_head(fn, teacher_features, prototypes, chunk_size)
+    if centering not in CENTERINGS:
+        raise ValueError(
+            f"medssl.losses.{fn}: centering must be one of {CENTERINGS}, got {centering!r}"
+        )
+    if centering == "none":
+        center = None
+    if center is not None and center.numel() != prototypes.shape[0]:
+        raise ValueError(
+            f"medssl.losses.{fn}: center has {center.numel()} values, expected one per "
+            f"prototype ({prototypes.shape[0]})"
+        )
+    if centering == "sinkhorn_knopp" and center is not None:
+        raise ValueError(f"medssl.losses.{fn}: centering='sinkhorn_knopp' takes no center")
+    if resolve_impl(impl, teacher_features, fn) == "triton":
+        from medssl.losses import triton_kernels
+
+        return triton_kernels.prototype_targets(
+            teacher_features, prototypes, temp, centering, center, n_iter
+        )
+    rows, k = teacher_features.shape[0], prototypes.shape[0]
+    out = torch.empty(rows, k, dtype=acc_dtype(teacher_features), device=teacher_features.device)
+    inv_t = 1.0 / temp
+    c = None if center is None else center.reshape(-1).to(out.dtype) * inv_t
+    for k0 in range(0, k, chunk):
+        tile = out[:, k0 : k0 + chunk]
+        z = teacher_features @ prototypes[k0 : k0 + chunk].T
+        if z.dtype == out.dtype:
+            torch.mul(z, inv_t, out=tile)
+        else:
+            tile.copy_(z).mul_(inv_t)
+        if c is not None:
+            tile.sub_(c[k0 : k0 + chunk])
+    if centering == "sinkhorn_knopp":
+        out.sub_(global_max(out)).exp_()
+        return sinkhorn_normalize_(out, n_iter)
+    out.sub_(out.amax(dim=1, keepdim=True)).exp_()
+    return out.div_(out.sum(dim=1, keepdim=True))
