@@ -1,0 +1,119 @@
+"""prototype_cross_entropy / prototype_targets (chunked torch path) against the eager formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medssl.losses import prototype_cross_entropy, prototype_targets
+from medssl.losses.prototype import default_chunk_size
+
+from . import dinov2_reference as ref
+
+SHAPES = [(7, 16, 100), (20, 32, 257), (33, 24, 300)]  # (B, D, K); K not a tile multiple
+
+
+def head_inputs(b: int, d: int, k: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """L2-normalised bottleneck and prototypes (the DINO head) and Sinkhorn targets, fp64."""
+    g = torch.Generator().manual_seed(seed)
+    f = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=-1)
+    w = F.normalize(torch.randn(k, d, generator=g, dtype=torch.float64), dim=-1)
+    t = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=-1)
+    p = ref.sinkhorn_knopp_teacher(t @ w.T, 0.05)
+    return f, w, t, p
+
+
+def eager_loss_and_grads(f, w, p, temp, weights):
+    """``-(p * log_softmax(f @ w.T / temp)).sum(-1)`` in fp64 and its grads for ``weights``."""
+    f = f.detach().double().requires_grad_()
+    w = w.detach().double().requires_grad_()
+    loss = ref.ibot_patch_token_loss(f @ w.T, p.double(), temp)
+    gf, gw = torch.autograd.grad((loss * weights).sum(), (f, w))
+    return loss, gf, gw
+
+
+# (loss, grad) atol against fp64. fp32: fp32 matmuls over D <= 32 and fp32 online softmax;
+# bf16: the tile logits come out of a bf16 matmul (2^-8 relative of |z| <= 1, divided by
+# tau = 0.1: ~0.04 in s) and the grads are returned in bf16.
+TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat16: (3e-2, 5e-2)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("chunk_size", [64, None])
+def test_cross_entropy_matches_eager(dtype, shape, chunk_size) -> None:
+    f64, w64, _, p = head_inputs(*shape)
+    f = f64.to(dtype).requires_grad_()
+    w = w64.to(dtype).requires_grad_()
+    weights = torch.rand(shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    loss = prototype_cross_entropy(f, p.to(dtype), w, 0.1, impl="torch", chunk_size=chunk_size)
+    gf, gw = torch.autograd.grad((loss * weights.to(loss.dtype)).sum(), (f, w))
+    # the reference sees the same (rounded) inputs
+    want, want_gf, want_gw = eager_loss_and_grads(f, w, p.to(dtype), 0.1, weights)
+    loss_tol, grad_tol = TOL[dtype]
+    assert loss.shape == (shape[0],) and gf.dtype == dtype and gw.dtype == dtype
+    torch.testing.assert_close(loss.double(), want, atol=loss_tol, rtol=0)
+    torch.testing.assert_close(gf.double(), want_gf, atol=grad_tol, rtol=0)
+    torch.testing.assert_close(gw.double(), want_gw, atol=grad_tol, rtol=0)
+
+
+def test_cross_entropy_unnormalised_targets_and_one_sided_grads() -> None:
+    """Targets whose rows do not sum to 1 still give the formula; grads only where asked."""
+    f, w, _, p = head_inputs(9, 16, 130)
+    p = p * torch.linspace(0.5, 2.0, 9, dtype=torch.float64)[:, None]
+    wt = w.clone().requires_grad_()
+    loss = prototype_cross_entropy(f, p, wt, 0.07, impl="torch", chunk_size=50)
+    want, _, want_gw = eager_loss_and_grads(f, w, p, 0.07, torch.ones(9, dtype=torch.float64))
+    torch.testing.assert_close(loss, want, atol=1e-12, rtol=0)
+    loss.sum().backward()
+    torch.testing.assert_close(wt.grad, want_gw, atol=1e-12, rtol=0)
+
+
+def test_cross_entropy_rejects_bad_input() -> None:
+    f, w, _, p = head_inputs(4, 8, 20)
+    with pytest.raises(ValueError, match="prototype_cross_entropy: teacher_probs shape"):
+        prototype_cross_entropy(f, p[:, :10], w, 0.1)
+    with pytest.raises(ValueError, match="prototypes .* expect 8"):
+        prototype_cross_entropy(f[:, :6], p, w, 0.1)
+    with pytest.raises(ValueError, match="teacher_probs requires grad"):
+        prototype_cross_entropy(f, p.requires_grad_(), w, 0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("centering", ["softmax_center", "sinkhorn_knopp", "none"])
+def test_targets_match_dinov2(dtype, shape, centering) -> None:
+    _, w64, t64, _ = head_inputs(*shape)
+    t, w = t64.to(dtype), w64.to(dtype)
+    z = t.double() @ w.double().T
+    center = None
+    if centering == "softmax_center":
+        center = (torch.rand(shape[2], dtype=torch.float64) * 0.2).to(dtype)
+        want = ref.softmax_center_teacher(z, center.double(), 0.04)
+    elif centering == "sinkhorn_knopp":
+        want = ref.sinkhorn_knopp_teacher(z, 0.04, 3)
+    else:
+        want = ref.softmax_center_teacher(z, 0.0, 0.04)
+    got = prototype_targets(
+        t, w, 0.04, centering=centering, center=center, impl="torch", chunk_size=64
+    )
+    # bf16: the logits come from a bf16 matmul (2^-8 of |z| <= 1, over temp 0.04: ~0.1 in
+    # the exponent; measured <= 1.1e-3 at these shapes); fp32: fp32 matmul and exp
+    atol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 5e-3}[dtype]
+    torch.testing.assert_close(got.double(), want, atol=atol, rtol=0)
+
+
+def test_targets_reject_bad_options() -> None:
+    _, w, t, _ = head_inputs(4, 8, 20)
+    with pytest.raises(ValueError, match="centering must be one of"):
+        prototype_targets(t, w, 0.1, centering="mean")
+    with pytest.raises(ValueError, match="center has 3 values"):
+        prototype_targets(t, w, 0.1, center=torch.zeros(3))
+    with pytest.raises(ValueError, match="takes no center"):
+        prototype_targets(t, w, 0.1, centering="sinkhorn_knopp", center=torch.zeros(20))
+
+
+def test_default_chunk_keeps_tiles_small() -> None:
+    assert default_chunk_size(1024, 65536) * 1024 * 4 <= 4 * 2**20
+    assert default_chunk_size(3, 100) == 100
