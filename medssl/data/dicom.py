@@ -1,0 +1,166 @@
+"""DICOM pixel pipeline: stored values -> display values in [0, 1].
+
+Follows DICOM PS3.3 C.11 (the grayscale pipeline) with pydicom's own operators:
+stored values -> Modality LUT or rescale slope/intercept
+(:func:`pydicom.pixels.apply_modality_lut`) -> VOI LUT or window centre/width
+(:func:`pydicom.pixels.apply_voi_lut`) -> scaled to [0, 1] -> MONOCHROME1 inverted so
+that dense tissue is always bright. Colour images (RGB, YBR, palette colour) come out
+as RGB in [0, 1]. Everything that cannot give an image raises :class:`DicomReadError`
+with a reason that names the file and the cause (never a tag value that could be PHI).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["DicomReadError", "count_dicom_frames", "dicom_to_float", "read_dicom"]
+
+FrameSpec = int | Literal["middle", "first"] | None
+
+_SEG_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage
+}
+_NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG"}
+_MONOCHROME = {"MONOCHROME1", "MONOCHROME2"}
+_COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"}
+
+
+class DicomReadError(ValueError):
+    """A DICOM file that cannot be turned into an image; the message says why."""
+
+
+def _frame_index(n_frames: int, frame: FrameSpec) -> int:
+    if frame is None or frame == "middle":
+        return n_frames // 2
+    if frame == "first":
+        return 0
+    if not isinstance(frame, int) or not -n_frames <= frame < n_frames:
+        raise DicomReadError(f"frame {frame!r} out of range for {n_frames} frame(s)")
+    return frame % n_frames
+
+
+def _read_dataset(path: str | Path, stop_before_pixels: bool = False):  # noqa: ANN202
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as exc:
+        raise DicomReadError(f"not a DICOM file ({exc})") from exc
+
+
+def count_dicom_frames(path: str | Path) -> int:
+    """Number of frames, read from the header only."""
+    ds = _read_dataset(path, stop_before_pixels=True)
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def _decode(ds) -> np.ndarray:  # noqa: ANN001
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    try:
+        return ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        name = getattr(ts, "name", str(ts))
+        if ts is not None and getattr(ts, "is_compressed", False):
+            raise DicomReadError(
+                f"no installed decoder handles transfer syntax {name!r}; install one of "
+                "pylibjpeg + pylibjpeg-libjpeg/-openjpeg, python-gdcm or pillow "
+                f"({str(exc).splitlines()[0]})"
+            ) from exc
+        raise DicomReadError(f"pixel data cannot be decoded: {exc}") from exc
+
+
+def _output_range(arr_voi: np.ndarray, ds) -> tuple[float, float] | None:  # noqa: ANN001
+    """Output range of the VOI transform, probed with extreme inputs (it is monotonic)."""
+    from pydicom.pixels import apply_voi_lut
+
+    if "VOILUTSequence" not in ds and "WindowCenter" not in ds:
+        return None
+    probe: np.ndarray = np.array([-1e12, 1e12], dtype=np.float64)
+    if "VOILUTSequence" in ds:
+        # A LUT maps stored indices; probe with the LUT's own first and last entry.
+        item = ds.VOILUTSequence[0]
+        first = float(item.LUTDescriptor[1])
+        n_entries = int(item.LUTDescriptor[0]) or 65536
+        probe = np.array([first, first + n_entries - 1], dtype=np.int64)
+    out = np.asarray(apply_voi_lut(probe, ds, index=0), dtype=np.float64)
+    lo, hi = float(out.min()), float(out.max())
+    if not np.isfinite([lo, hi]).all() or hi <= lo:
+        return None
+    return lo, hi
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.float32)
+    return ((arr - lo) / (hi - lo)).astype(np.float32)
+
+
+def dicom_to_float(ds, frame: FrameSpec = "middle", voi: bool = True) -> np.ndarray:  # noqa: ANN001
+    """The display image of a pydicom dataset: ``[1, H, W]`` or ``[3, H, W]`` float32 in [0, 1].
+
+    ``frame`` picks one frame of a multi-frame object (an index, ``"first"`` or
+    ``"middle"``). ``voi=False`` skips the file's VOI LUT / window and min-max scales the
+    modality values instead (what RAD-DINO's preprocessing did).
+    """
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+    sop = str(ds.get("SOPClassUID", ""))
+    modality = str(ds.get("Modality", "")).upper()
+    if sop in _SEG_SOP_CLASSES or modality in _NON_IMAGE_MODALITIES:
+        raise DicomReadError(f"modality {modality or '?'} object is not an image")
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise DicomReadError("no pixel data element")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in _MONOCHROME | _COLOUR | {"PALETTE COLOR"}:
+        raise DicomReadError(f"unsupported photometric interpretation {photometric!r}")
+
+    arr = _decode(ds)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if n_frames > 1:
+        arr = arr[_frame_index(n_frames, frame)]
+    elif frame not in (None, "middle", "first", 0, -1):
+        _frame_index(1, frame)  # raises a clear out-of-range error
+
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        # Palette entries are 8 or 16 bit (PS3.3 C.7.6.3.1.5); scale by the stored depth.
+        depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        scale = float(2**depth - 1)
+        return np.ascontiguousarray(np.moveaxis(rgb.astype(np.float32) / scale, -1, 0))
+    if samples == 3 or photometric in _COLOUR:
+        if arr.ndim != 3 or arr.shape[-1] != 3:
+            raise DicomReadError(f"colour image with unexpected pixel shape {arr.shape}")
+        # pydicom converts YBR to RGB when decoding (as_rgb=True by default).
+        scale = float(2 ** int(ds.get("BitsStored", 8)) - 1)
+        rgb = np.clip(arr.astype(np.float32) / scale, 0.0, 1.0)
+        return np.ascontiguousarray(np.moveaxis(rgb, -1, 0))
+    if arr.ndim != 2:
+        raise DicomReadError(f"grayscale image with unexpected pixel shape {arr.shape}")
+
+    # Integer modality output stays integer: a VOI LUT indexes with it.
+    values = apply_modality_lut(arr, ds)
+    out = None
+    if voi:
+        out_range = _output_range(values, ds)
+        if out_range is not None:
+            windowed = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+            lo, hi = out_range
+            out = np.clip((windowed - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    if out is None:
+        out = _minmax(values.astype(np.float64))
+    if photometric == "MONOCHROME1":
+        out = 1.0 - out
+    return out[None]
+
+
+def read_dicom(path: str | Path, frame: FrameSpec = "middle", voi: bool = True) -> np.ndarray:
+    """Read a DICOM file into ``[C, H, W]`` float32 in [0, 1] (see :func:`dicom_to_float`)."""
+    ds = _read_dataset(path)
+    return dicom_to_float(ds, frame=frame, voi=voi)

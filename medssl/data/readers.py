@@ -1,0 +1,155 @@
+"""One entry point to read any supported file into ``[C, H, W]`` float32 in [0, 1].
+
+Formats: DICOM (:mod:`medssl.data.dicom`), NIfTI / NRRD slices
+(:mod:`medssl.data.volumes`), and PNG / JPEG / TIFF / BMP through Pillow, 8 or 16 bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from medssl.data.dicom import count_dicom_frames, read_dicom
+from medssl.data.volumes import count_slices, is_volume, read_volume_slice
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DICOM_SUFFIXES",
+    "ReadSettings",
+    "UnsupportedFormatError",
+    "count_frames",
+    "is_supported",
+    "read_image",
+    "to_channels",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+
+
+class UnsupportedFormatError(ValueError):
+    """A file whose format medssl does not read."""
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """How to turn a file into one 2D image (shared by every adapter).
+
+    ``frame``: which frame of a multi-frame DICOM / which slice of a volume when the
+    index does not say (``"middle"`` or ``"first"``). ``slice_axis``: the voxel axis
+    volumes are sliced along. ``dicom_voi``: apply the file's VOI LUT / window (else
+    min-max). ``volume_window``: fixed intensity window for volumes (else percentiles).
+    """
+
+    channels: int = 1
+    frame: Literal["middle", "first"] = "middle"
+    slice_axis: int = 2
+    dicom_voi: bool = True
+    volume_window: tuple[float, float] | None = None
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def is_supported(path: str | Path) -> bool:
+    """By name (and the DICM magic for extension-less files such as MIMIC's DICOMs)."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(IMAGE_SUFFIXES + DICOM_SUFFIXES) or is_volume(name):
+        return True
+    return "." not in name and _looks_like_dicom(path)
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    if is_volume(name):
+        return "volume"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if _looks_like_dicom(path):
+        return "dicom"
+    raise UnsupportedFormatError(f"unsupported file type {path.suffix or '(no suffix)'!r}")
+
+
+def count_frames(path: str | Path, settings: ReadSettings) -> int:
+    """Frames (DICOM) or slices along ``settings.slice_axis`` (volumes); 1 otherwise."""
+    path = Path(path)
+    kind = _kind(path)
+    if kind == "dicom":
+        return count_dicom_frames(path)
+    if kind == "volume":
+        return count_slices(path, settings.slice_axis)
+    return 1
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()  # decode now so that a truncated file fails here, not later
+        mode = img.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            arr = np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
+        elif mode == "I":
+            arr = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
+        elif mode == "F":
+            arr = np.asarray(img, dtype=np.float32)
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        elif mode in ("L", "1"):
+            arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        elif mode == "LA":
+            arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        else:  # RGB, RGBA, P, CMYK, YCbCr, ...
+            arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        return arr[None]
+    return np.ascontiguousarray(np.moveaxis(arr, -1, 0))
+
+
+def to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    """Grey -> repeated RGB, RGB -> luma (ITU-R BT.601), so every sample has ``channels``."""
+    if arr.shape[0] == channels:
+        return arr
+    if channels == 3 and arr.shape[0] == 1:
+        return np.repeat(arr, 3, axis=0)
+    if channels == 1 and arr.shape[0] == 3:
+        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None]
+        return (arr * weights).sum(axis=0, keepdims=True).astype(np.float32)
+    raise ValueError(f"cannot convert {arr.shape[0]} channel(s) to {channels}")
+
+
+def read_image(
+    path: str | Path, settings: ReadSettings | None = None, frame: int | None = None
+) -> np.ndarray:
+    """Read ``path`` into ``[settings.channels, H, W]`` float32 in [0, 1].
+
+    ``frame`` is the frame (DICOM) or slice (volume) index; ``None`` applies
+    ``settings.frame``.
+    """
+    settings = settings or ReadSettings()
+    path = Path(path)
+    kind = _kind(path)
+    if kind == "dicom":
+        arr = read_dicom(
+            path, frame=settings.frame if frame is None else frame, voi=settings.dicom_voi
+        )
+    elif kind == "volume":
+        index = frame
+        if index is None and settings.frame == "first":
+            index = 0
+        arr = read_volume_slice(path, index, settings.slice_axis, settings.volume_window)
+    else:
+        arr = _read_pil(path)
+    return to_channels(arr, settings.channels)
