@@ -65,6 +65,12 @@ def _tile_logits(f: Tensor, w: Tensor, scale: float) -> Tensor:
     return z.to(acc_dtype(z)).mul_(scale)
 
 
+def _target_tile(targets: Tensor, k0: int, k1: int, dtype: torch.dtype) -> Tensor:
+    """``[B_t, k1 - k0]`` tile of the targets ``[T, B_t, K]``, summed over the T crops."""
+    p = targets[:, :, k0:k1]
+    return p[0].to(dtype) if p.shape[0] == 1 else p.sum(dim=0, dtype=dtype)
+
+
 class _PrototypeCrossEntropy(torch.autograd.Function):
     """Chunked torch path: never holds more than a couple of ``[B, chunk]`` tiles."""
 
@@ -73,11 +79,12 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         ctx,
         features: Tensor,
         prototypes: Tensor,
-        teacher_probs: Tensor,
+        targets: Tensor,
         student_temp: float,
         chunk: int,
     ) -> Tensor:
         rows, k = features.shape[0], prototypes.shape[0]
+        n_rep = rows // targets.shape[1]
         inv_t = 1.0 / student_temp
         acc = {"dtype": acc_dtype(features), "device": features.device}
         run_max = torch.full((rows,), -torch.inf, **acc)
@@ -85,28 +92,29 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         dot = torch.zeros(rows, **acc)
         for k0 in range(0, k, chunk):
             s = _tile_logits(features, prototypes[k0 : k0 + chunk], inv_t)
-            p = teacher_probs[:, k0 : k0 + chunk]
-            dot.add_(torch.linalg.vecdot(s, p.to(s.dtype)))
+            p = _target_tile(targets, k0, k0 + chunk, s.dtype)
+            dot.add_(torch.linalg.vecdot(s.view(n_rep, *p.shape), p).view(rows))
             new_max = torch.maximum(run_max, s.amax(dim=1))
             run_sum.mul_(torch.exp(run_max - new_max))
             run_sum.add_(s.sub_(new_max[:, None]).exp_().sum(dim=1))
             run_max = new_max
         lse = run_max + run_sum.log()
-        mass = teacher_probs.sum(dim=1, dtype=acc["dtype"])
-        ctx.save_for_backward(features, prototypes, teacher_probs, lse, mass)
+        mass = targets.sum(dim=(0, 2), dtype=acc["dtype"]).repeat(n_rep)
+        ctx.save_for_backward(features, prototypes, targets, lse, mass)
         ctx.student_temp = student_temp
         ctx.chunk = chunk
         return mass * lse - dot
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        features, prototypes, teacher_probs, lse, mass = ctx.saved_tensors
+        features, prototypes, targets, lse, mass = ctx.saved_tensors
         need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_f or need_w):
             return None, None, None, None, None
         inv_t = 1.0 / ctx.student_temp
         chunk = ctx.chunk
         k = prototypes.shape[0]
+        rows, n_targets = features.shape[0], targets.shape[1]
         row_scale = (grad_loss.to(lse.dtype) * inv_t)[:, None]
         mass = mass[:, None]
         lse = lse[:, None]
@@ -116,7 +124,11 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
             w = prototypes[k0 : k0 + chunk]
             g = _tile_logits(features, w, inv_t)
             # g becomes dL/dz for this tile, in place: (P * softmax - p) * g_b / tau
-            g.sub_(lse).exp_().mul_(mass).sub_(teacher_probs[:, k0 : k0 + chunk]).mul_(row_scale)
+            g.sub_(lse).exp_().mul_(mass)
+            g.view(rows // n_targets, n_targets, -1).sub_(
+                _target_tile(targets, k0, k0 + chunk, g.dtype)
+            )
+            g.mul_(row_scale)
             g = g.to(features.dtype)
             if need_f:
                 if grad_f.dtype == g.dtype:
@@ -144,19 +156,32 @@ def prototype_cross_entropy(
 ) -> Tensor:
     """Per-row loss ``[B]`` (fp32): ``-(p * log_softmax(f @ W.T / student_temp)).sum(-1)``.
 
-    ``student_features`` ``[B, D]``, ``teacher_probs`` ``[B, K]`` (targets, no gradient:
-    detach them), ``prototypes`` ``[K, D]`` (the head's last layer weight, already
-    weight-normalised). Gradients flow to the features and the prototypes. The ``[B, K]``
-    logits are never materialised: the torch path works on ``[B, chunk_size]`` tiles
-    (``None``: about 4 MiB of fp32 per tile), the Triton path on register tiles.
+       ``student_features`` ``[B, D]``, ``prototypes`` ``[K, D]`` (the head's last layer weight,
+       already weight-normalised), ``teacher_probs`` the targets (no gradient: detach them):
+
+       - ``[B, K]``: one target row per student row;
+       - ``[B_t, K]`` with ``B = n * B_t``: student rows are ``n`` crops of the same ``B_t``
+         images, each crop against the same targets (DINO's local crops), without copies;
+       - ``[T, B_t, K]``: as above, the loss summed over ``T`` teacher crops (DINO's local
+         crops against every global crop) -- by linearity, CE against the summed targets.
+    Gradients flow to the features and the prototypes. The ``[B, K]``
+       logits are never materialised: the torch path works on ``[B, chunk_size]`` tiles
+       (``None``: about 4 MiB of fp32 per tile), the Triton path on register tiles.
     """
     fn = "prototype_cross_entropy"
     chunk = _check_head(fn, student_features, prototypes, chunk_size)
-    expected = (student_features.shape[0], prototypes.shape[0])
-    if tuple(teacher_probs.shape) != expected:
+    rows, k = student_features.shape[0], prototypes.shape[0]
+    targets = teacher_probs[None] if teacher_probs.dim() == 2 else teacher_probs
+    if (
+        targets.dim() != 3
+        or targets.shape[2] != k
+        or targets.shape[1] == 0
+        or rows % targets.shape[1]
+    ):
         raise ValueError(
-            f"medssl.losses.{fn}: teacher_probs shape {tuple(teacher_probs.shape)}, expected "
-            f"{expected} (rows of student_features, rows of prototypes)"
+            f"medssl.losses.{fn}: teacher_probs shape {tuple(teacher_probs.shape)} does not fit "
+            f"{rows} student rows and {k} prototypes: expected [{rows}, {k}], [B_t, {k}] or "
+            f"[T, B_t, {k}] with {rows} a multiple of B_t"
         )
     if teacher_probs.requires_grad and torch.is_grad_enabled():
         raise ValueError(
@@ -167,10 +192,10 @@ def prototype_cross_entropy(
         from medssl.losses import triton_kernels
 
         return triton_kernels.prototype_cross_entropy(
-            student_features, teacher_probs, prototypes, student_temp
+            student_features, targets, prototypes, float(student_temp)
         )
     return _PrototypeCrossEntropy.apply(
-        student_features, prototypes, teacher_probs, float(student_temp), chunk
+        student_features, prototypes, targets, float(student_temp), chunk
     )
 
 

@@ -70,10 +70,32 @@ def test_cross_entropy_unnormalised_targets_and_one_sided_grads() -> None:
     torch.testing.assert_close(wt.grad, want_gw, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("n_teacher", [1, 2])
+def test_cross_entropy_crop_broadcast_targets(n_teacher: int) -> None:
+    """[T, B_t, K] targets: every crop of B_t images against the sum of T teacher crops."""
+    g = torch.Generator().manual_seed(7)
+    b_t, crops, k = 5, 3, 130
+    f = F.normalize(torch.randn(crops * b_t, 16, generator=g, dtype=torch.float64), dim=-1)
+    w = F.normalize(torch.randn(k, 16, generator=g, dtype=torch.float64), dim=-1)
+    p = torch.softmax(torch.randn(n_teacher, b_t, k, generator=g, dtype=torch.float64), -1)
+    weights = torch.rand(crops * b_t, generator=g, dtype=torch.float64)
+    fr, wr = f.clone().requires_grad_(), w.clone().requires_grad_()
+    targets = p if n_teacher > 1 else p[0]
+    loss = prototype_cross_entropy(fr, targets, wr, 0.1, impl="torch", chunk_size=40)
+    gf, gw = torch.autograd.grad((loss * weights).sum(), (fr, wr))
+    dense = p.sum(0).repeat(crops, 1)  # row c * B_t + b -> sum_t p[t, b]
+    want, want_gf, want_gw = eager_loss_and_grads(f, w, dense, 0.1, weights)
+    torch.testing.assert_close(loss, want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(gf, want_gf, atol=1e-12, rtol=0)
+    torch.testing.assert_close(gw, want_gw, atol=1e-12, rtol=0)
+
+
 def test_cross_entropy_rejects_bad_input() -> None:
     f, w, _, p = head_inputs(4, 8, 20)
     with pytest.raises(ValueError, match="prototype_cross_entropy: teacher_probs shape"):
         prototype_cross_entropy(f, p[:, :10], w, 0.1)
+    with pytest.raises(ValueError, match=r"4 a multiple of B_t"):
+        prototype_cross_entropy(f, p[:3], w, 0.1)
     with pytest.raises(ValueError, match="prototypes .* expect 8"):
         prototype_cross_entropy(f[:, :6], p, w, 0.1)
     with pytest.raises(ValueError, match="teacher_probs requires grad"):
