@@ -1,0 +1,221 @@
+"""DINO self-distillation on the CLS token (Caron et al. 2021), as DINOv2 trains it.
+
+Semantics of facebookresearch/dinov2 (``dinov2/loss/dino_clstoken_loss.py`` and
+``dinov2/train/ssl_meta_arch.py``): the EMA teacher's head output on the global crops,
+centred (softmax with a running mean centre, or Sinkhorn-Knopp) at a temperature that
+warms up linearly, is the target of the student's head output at temperature 0.1. Student
+global crop ``i`` is matched to every teacher global crop ``j != i`` (with two crops: the
+swap), every local crop to every teacher global crop, and the loss is the sum of the
+per-pair batch means divided by the number of pairs. The head's last layer (the
+prototypes) gets no gradient during the first ``freeze_last_layer_epochs``.
+
+The prototype projection and cross-entropy run through :mod:`medssl.losses`'s fused head,
+so the ``[B, 65536]`` logits are never materialised on the student side.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from medssl.builtins.objectives.base import ConfiguredObjective
+from medssl.builtins.objectives.heads import DINOHead, build_teacher_head
+from medssl.engine.diagnostics import collapse_metrics
+from medssl.engine.schedules import teacher_temperature
+from medssl.losses import prototype_cross_entropy, prototype_targets
+from medssl.types import (
+    BackboneOutput,
+    ObjectiveContext,
+    ObjectiveResult,
+    StepOutputs,
+    ViewRequest,
+)
+
+__all__ = ["DINO"]
+
+Centering = Literal["mean", "sinkhorn_knopp"]
+Impl = Literal["auto", "torch", "triton"]
+#: The recipe word for each centring -> the name :func:`medssl.losses.prototype_targets` uses.
+CENTERING_IMPL = {"mean": "softmax_center", "sinkhorn_knopp": "sinkhorn_knopp"}
+
+
+class TeacherOptions(BaseModel):
+    """Options DINO and iBOT share: temperatures, centring, the freeze of the prototypes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    student_temp: float = Field(0.1, gt=0)
+    teacher_temp: float = Field(0.07, gt=0, description="teacher temperature after warm-up")
+    warmup_teacher_temp: float = Field(0.04, gt=0)
+    warmup_teacher_temp_epochs: float = Field(30, ge=0)
+    centering: Centering = Field("mean", description="'mean' (DINOv2 default) or 'sinkhorn_knopp'")
+    center_momentum: float = Field(0.9, ge=0, le=1)
+    sinkhorn_iterations: int = Field(3, ge=1)
+    freeze_last_layer_epochs: float = Field(1, ge=0)
+    impl: Impl = Field("auto", description="medssl.losses implementation")
+
+
+class HeadOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prototypes: int = Field(65536, ge=1)
+    hidden_dim: int = Field(2048, ge=1)
+    bottleneck_dim: int = Field(256, ge=1)
+    n_layers: int = Field(3, ge=1)
+
+
+class _SelfDistillation(ConfiguredObjective):
+    """Teacher temperature, centring and prototype freezing shared by DINO and iBOT."""
+
+    uses_teacher = True
+    center: Tensor
+    name = "objective"
+
+    def _teacher_temp(self, step: int) -> float:
+        o = self.options
+        return teacher_temperature(
+            step,
+            self.ctx.steps_per_epoch,
+            o.warmup_teacher_temp,
+            o.teacher_temp,
+            o.warmup_teacher_temp_epochs,
+        )
+
+    @torch.no_grad()
+    def _targets(
+        self, teacher_head: DINOHead, tokens: Tensor, temp: float
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher probabilities of ``tokens`` (centred) and the teacher head's features."""
+        feats = teacher_head.features(tokens)
+        protos = teacher_head.prototypes
+        feats = feats.to(protos.dtype)
+        o = self.options
+        probs = prototype_targets(
+            feats,
+            protos,
+            temp,
+            centering=CENTERING_IMPL[o.centering],
+            center=self.center if o.centering == "mean" else None,
+            n_iter=o.sinkhorn_iterations,
+            impl=o.impl,
+        )
+        if o.centering == "mean":
+            self._update_center(feats, protos)
+        return probs, feats
+
+    @torch.no_grad()
+    def _update_center(self, feats: Tensor, protos: Tensor) -> None:
+        # The mean of the logits is the mean feature times the prototypes: no [B, K] matrix.
+        batch_center = feats.float().mean(dim=0, keepdim=True) @ protos.float().T
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(batch_center)
+            batch_center /= dist.get_world_size()
+        m = self.options.center_momentum
+        self.center.mul_(m).add_(batch_center.to(self.center.dtype), alpha=1.0 - m)
+
+    def _student_prototypes(self, head: DINOHead, step: int) -> tuple[Tensor, Tensor | None]:
+        """The prototypes, detached while frozen, plus a zero term that keeps the last
+        layer in the graph (zero gradient instead of none, so DDP sees every parameter)."""
+        protos = head.prototypes
+        frozen_steps = self.options.freeze_last_layer_epochs * self.ctx.steps_per_epoch
+        if step < frozen_steps:
+            return protos.detach(), head.last_layer.weight.sum() * 0.0
+        return protos, None
+
+    def _cross_entropy(self, feats: Tensor, probs: Tensor, protos: Tensor) -> Tensor:
+        return prototype_cross_entropy(
+            feats.to(protos.dtype), probs, protos, self.options.student_temp, impl=self.options.impl
+        )
+
+
+def _check_output(name: str, what: str, out: BackboneOutput | None, rows: int) -> BackboneOutput:
+    if out is None:
+        raise ValueError(f"objective {name!r}: StepOutputs.{what} is None, but {name} needs it")
+    if out.cls.ndim != 2 or out.cls.shape[0] != rows:
+        raise ValueError(
+            f"objective {name!r}: StepOutputs.{what}.cls has shape {tuple(out.cls.shape)}, "
+            f"expected [{rows}, D] (crops x batch size)"
+        )
+    return out
+
+
+class DINO(_SelfDistillation):
+    """DINO CLS-token self-distillation with a DINOv2 head (see the module docstring).
+
+    Registers its student and teacher heads as ``ctx.shared["dino_head"]`` and
+    ``ctx.shared["dino_teacher_head"]`` so iBOT can share them.
+    """
+
+    name = "dino"
+
+    class Options(TeacherOptions, HeadOptions):
+        model_config = ConfigDict(extra="forbid")
+
+        local_crops: bool = Field(True, description="match local crops to the teacher's globals")
+        diagnostics_every: int = Field(
+            10, ge=0, description="steps between collapse diagnostics in the metrics (0: never)"
+        )
+
+    def setup(self, ctx: ObjectiveContext) -> None:
+        super().setup(ctx)
+        o = self.options
+        self.head = DINOHead(
+            ctx.embed_dim, o.prototypes, o.hidden_dim, o.bottleneck_dim, o.n_layers
+        )
+        self.teacher_head = build_teacher_head(self.head)
+        self.register_buffer("center", torch.zeros(1, o.prototypes))
+        ctx.shared["dino_head"] = self.head
+        ctx.shared["dino_teacher_head"] = self.teacher_head
+
+    def request(self, patch_size: int) -> ViewRequest:
+        return ViewRequest(
+            global_crops=True, local_crops=self.options.local_crops, patch_size=patch_size
+        )
+
+    def ema_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        return [(self.head, self.teacher_head)]
+
+    def frozen_last_layer_params(self) -> list[torch.nn.Parameter]:
+        return [self.head.last_layer.weight] if self.options.freeze_last_layer_epochs > 0 else []
+
+    def loss(self, out: StepOutputs) -> ObjectiveResult:
+        v = out.views
+        b, ng = v.batch_size, v.n_global
+        student = _check_output(self.name, "student_global", out.student_global, ng * b)
+        teacher = _check_output(self.name, "teacher_global", out.teacher_global, ng * b)
+        nl = v.n_local if (self.options.local_crops and out.student_local is not None) else 0
+        local = _check_output(self.name, "student_local", out.student_local, nl * b) if nl else None
+        n_pairs = ng * (ng - 1) + ng * nl
+        if n_pairs == 0:
+            raise ValueError(
+                f"objective 'dino': {ng} global and {nl} local crops leave no pair of "
+                "different views to match; DINO needs 2 global crops or local crops"
+            )
+        temp = self._teacher_temp(out.step)
+        probs, _ = self._targets(self.teacher_head, teacher.cls, temp)
+        t_crops = probs.view(ng, b, -1)
+        protos, keepalive = self._student_prototypes(self.head, out.step)
+
+        s_global = self.head.features(student.cls)
+        s_rows = [s_global] * (ng - 1)
+        # Shift k pairs student crop i with teacher crop i - k: all j != i over k = 1..ng-1.
+        t_rows = [t_crops.roll(k, dims=0).flatten(0, 1) for k in range(1, ng)]
+        if local is not None:
+            s_local = self.head.features(local.cls)
+            for j in range(ng):
+                s_rows.append(s_local)
+                t_rows.append(t_crops[j].repeat(nl, 1))
+        ce = self._cross_entropy(torch.cat(s_rows), torch.cat(t_rows), protos)
+        loss = ce.sum() / (b * n_pairs)
+        if keepalive is not None:
+            loss = loss + keepalive
+
+        metrics = {"teacher_temp": temp}
+        every = self.options.diagnostics_every
+        if every and out.step % every == 0:
+            metrics.update(collapse_metrics(probs, student.cls.detach()))
+        return ObjectiveResult(loss=loss, metrics=metrics)

@@ -1,0 +1,106 @@
+"""The DINO / iBOT projection head (Caron et al. 2021; Oquab et al. 2023).
+
+Layout of ``DINOHead`` in facebookresearch/dinov2 (``dinov2/layers/dino_head.py``): an MLP
+``in -> hidden -> ... -> bottleneck`` with GELU, L2 normalisation, then a weight-normalised
+linear layer without bias onto K prototypes whose gain is fixed at 1. With gain 1 the last
+layer is ``x @ normalize(V).T``, so this module keeps the raw weight ``V`` and hands the
+normalised rows (the *prototypes*) to :mod:`medssl.losses`, whose fused head never
+materialises the ``[B, K]`` logits. Parameter names follow DINOv2 (``mlp.0``, ``mlp.2``,
+``mlp.4``; ``last_layer.weight`` is DINOv2's ``last_layer.weight_v``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DINOHead", "build_teacher_head"]
+
+
+class DINOHead(nn.Module):
+    """MLP + L2 norm + weight-normalised prototypes.
+
+    ``features(x)`` returns the L2-normalised bottleneck ``[N, bottleneck_dim]``;
+    ``prototypes`` the weight-normalised last layer ``[K, bottleneck_dim]``;
+    ``forward(x)`` the logits ``features(x) @ prototypes.T`` (eager; tests and small K).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        prototypes: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        n_layers: int = 3,
+    ) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"DINOHead: n_layers must be >= 1, got {n_layers}")
+        for name, value in (
+            ("in_dim", in_dim),
+            ("prototypes", prototypes),
+            ("hidden_dim", hidden_dim),
+            ("bottleneck_dim", bottleneck_dim),
+        ):
+            if value < 1:
+                raise ValueError(f"DINOHead: {name} must be >= 1, got {value}")
+        layers: list[nn.Module] = []
+        dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [bottleneck_dim]
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < n_layers - 1:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        self.last_layer = nn.Linear(bottleneck_dim, prototypes, bias=False)
+        self.in_dim = in_dim
+        self.n_prototypes = prototypes
+        self.bottleneck_dim = bottleneck_dim
+        self.apply(_init_weights)
+
+    def features(self, x: Tensor) -> Tensor:
+        """L2-normalised bottleneck features (eps as DINOv2: 1e-6 in fp16, else 1e-12)."""
+        x = self.mlp(x)
+        eps = 1e-6 if x.dtype == torch.float16 else 1e-12
+        return F.normalize(x, dim=-1, p=2, eps=eps)
+
+    @property
+    def prototypes(self) -> Tensor:
+        """Weight-normalised last layer ``[K, bottleneck_dim]`` (gain fixed at 1)."""
+        return F.normalize(self.last_layer.weight, dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x) @ self.prototypes.T
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def build_teacher_head(student: DINOHead) -> DINOHead:
+    """A separately built head holding a copy of ``student``'s state, without gradients.
+
+    Built fresh and loaded from the state dict rather than deep-copied, so heads that do
+    not survive ``copy.deepcopy`` (lightly's) are handled the same way.
+    """
+    teacher = DINOHead(
+        student.in_dim,
+        prototypes=student.n_prototypes,
+        hidden_dim=_hidden_dim(student),
+        bottleneck_dim=student.bottleneck_dim,
+        n_layers=sum(isinstance(m, nn.Linear) for m in student.mlp),
+    )
+    teacher.load_state_dict(student.state_dict())
+    teacher.to(next(student.parameters()).device)
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _hidden_dim(head: DINOHead) -> int:
+    first = head.mlp[0]
+    assert isinstance(first, nn.Linear)
+    # With one layer the hidden size is unused; any positive value rebuilds the same head.
+    return first.out_features if len(head.mlp) > 1 else 1
