@@ -40,7 +40,7 @@ class RecipeError(ValueError):
         self.source = source
         self.key = key
         # Messages built from pydantic errors already start with their key path.
-        prefix = key if key and not message.startswith(key) else None
+        prefix = key if key and not message.startswith((f"{key}:", f"{key}.")) else None
         where = ": ".join(part for part in (source, prefix) if part)
         super().__init__(f"{where}: {message}" if where else message)
 

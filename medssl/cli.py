@@ -1,0 +1,171 @@
+"""The ``medssl`` command line (click)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from medssl import __version__
+from medssl.config import RecipeError, load_recipe
+from medssl.plugins import KINDS, PluginError, Registry, load_registry
+
+log = logging.getLogger("medssl")
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger()
+    if not any(getattr(h, "_medssl", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._medssl = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+    # Lightning's banner lines are noise for a CLI user.
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+
+
+def _registry() -> Registry:
+    try:
+        return load_registry()
+    except PluginError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _load(recipe: str, overrides: tuple[str, ...], registry: Registry):
+    try:
+        return load_recipe(recipe, overrides, registry)
+    except RecipeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+class _MedsslGroup(click.Group):
+    """Adds plugin commands lazily, the first time the group lists or resolves commands."""
+
+    _plugins_loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        try:
+            from medssl.plugins import get_plugin_manager
+
+            get_plugin_manager().hook.medssl_register_commands(cli=self)
+        except PluginError as exc:
+            log.warning("plugin commands unavailable: %s", exc)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._load_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+
+@click.group(cls=_MedsslGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="medssl")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """medssl: self-supervised pre-training of medical image encoders.
+
+    A recipe (YAML) names a dataset, an augmentation policy, a backbone and the
+    objectives to mix; any value can be overridden as KEY=VALUE, for example
+    objectives.ibot.weight=0 train.batch_size=8.
+    """
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--resume", is_flag=True, help="Continue from the last valid checkpoint.")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Overrides output_dir.")
+def run(recipe: str, overrides: tuple[str, ...], resume: bool, output_dir: str | None) -> None:
+    """Train the encoder a RECIPE describes and write its run directory.
+
+    The run directory holds config.yaml (the resolved recipe), run.json (versions,
+    plugins, seed), metrics.csv, loss_curves.png, checkpoints/ and backbone.safetensors.
+    """
+    from medssl.engine.model import NonFiniteLossError
+    from medssl.engine.trainer import train
+
+    registry = _registry()
+    if output_dir:
+        overrides = (*overrides, f"output_dir={output_dir}")
+    resolved = _load(recipe, overrides, registry)
+    try:
+        result = train(resolved, registry, resume=resume)
+    except (RecipeError, NonFiniteLossError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if resolved.evaluators and not result.stopped_early:
+        from medssl.eval import run_evaluators
+
+        run_evaluators(result.run_dir, resolved, registry)
+    click.echo(f"run directory: {result.run_dir}")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def validate(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Check a RECIPE without training: names, options, and that objectives fit the data."""
+    from medssl.validation import check_recipe
+
+    registry = _registry()
+    resolved = _load(recipe, overrides, registry)
+    try:
+        notes = check_recipe(resolved, registry)
+    except RecipeError as exc:
+        raise click.ClickException(str(exc)) from None
+    for note in notes:
+        click.echo(f"note: {note}")
+    enabled = ", ".join(f"{s.name}×{s.weight:g}" for s in resolved.enabled_objectives)
+    click.echo(f"{recipe}: valid (objectives: {enabled})")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List every registered component by kind, with the plugin that provides it."""
+    registry = _registry()
+    listing = {
+        kind: [
+            {
+                "name": c.name,
+                "plugin": c.provider.name,
+                "version": c.provider.version,
+                "doc": (c.factory.__doc__ or "").strip().splitlines()[0]
+                if c.factory.__doc__
+                else "",
+            }
+            for c in registry.components(kind)
+        ]
+        for kind in KINDS
+    }
+    failed = registry.load_report.failed
+    if as_json:
+        click.echo(json.dumps({"components": listing, "failed_plugins": failed}, indent=2))
+        return
+    for kind, items in listing.items():
+        click.secho(f"{kind}s", bold=True)
+        if not items:
+            click.echo("  (none)")
+        for item in items:
+            version = f" {item['version']}" if item["version"] else ""
+            click.echo(f"  {item['name']:<24} {item['plugin']}{version}")
+    for dist, reason in failed.items():
+        click.secho(f"plugin {dist!r} failed to import: {reason}", fg="red", err=True)
+    for dist in registry.load_report.blocked:
+        click.echo(f"plugin {dist!r} blocked by MEDSSL_DISABLE_PLUGINS", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

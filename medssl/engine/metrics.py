@@ -1,0 +1,98 @@
+"""Metric sinks: ``metrics.csv`` always, TensorBoard when installed, a loss plot at the end."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class MetricsWriter:
+    """Appends one row per logged step to ``metrics.csv``; new columns rewrite the header.
+
+    Appending (instead of truncating) keeps the history of a resumed run; rows past the
+    resume step are dropped so a resumed run has no duplicate steps.
+    """
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+        self.path = run_dir / "metrics.csv"
+        self.rows: list[dict[str, Any]] = []
+        self.columns: list[str] = ["step"]
+        if resume_step is not None and self.path.is_file():
+            with self.path.open(newline="") as fh:
+                reader = csv.DictReader(fh)
+                self.columns = list(reader.fieldnames or ["step"])
+                self.rows = [row for row in reader if int(row["step"]) <= resume_step]
+        self._rewrite()
+        self.tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+        except Exception:  # TensorBoard is optional
+            self.tensorboard = None
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        row = {"step": step, **{k: _fmt(v) for k, v in values.items()}}
+        self.rows.append(row)
+        new = [key for key in row if key not in self.columns]
+        if new:
+            self.columns.extend(new)
+            self._rewrite()
+        else:
+            with self.path.open("a", newline="") as fh:
+                csv.DictWriter(fh, fieldnames=self.columns).writerow(row)
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                self.tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _fmt(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+def plot_losses(metrics_csv: Path, out: Path) -> Path | None:
+    """A PNG of every ``loss*`` column against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with metrics_csv.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return None
+    columns = [c for c in rows[0] if c.startswith("loss")]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for column in columns:
+        pairs = [
+            (int(r["step"]), float(r[column])) for r in rows if r.get(column) not in ("", None)
+        ]
+        if pairs:
+            steps, values = zip(*pairs, strict=True)
+            ax.plot(steps, values, label=column)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("medssl training losses")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,109 @@
+"""The module a training step runs: student backbone, EMA teacher and the objectives.
+
+One student forward per crop group and one teacher forward on the global crops serve
+every objective (DINOv2's ``ssl_meta_arch.py`` does the same); objectives with weight 0
+are never built, so they cost nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor, nn
+
+from medssl.types import Objective, StepOutputs, ViewRequest, Views
+
+
+class NonFiniteLossError(FloatingPointError):
+    """An objective produced NaN or Inf; the step is not applied."""
+
+    def __init__(self, objective: str, step: int, value: float) -> None:
+        self.objective = objective
+        self.step = step
+        super().__init__(
+            f"objective {objective!r} produced a non-finite loss ({value}) at step {step}; "
+            "the step was not applied. Resume from the last good checkpoint with "
+            "`medssl run RECIPE --resume` (a lower learning rate or fp32 precision often helps)"
+        )
+
+
+class _Teacher(nn.Module):
+    """Wraps the EMA copy so that ``.train()`` never turns its drop-path back on."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.backbone = copy.deepcopy(student)
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> _Teacher:
+        super().train(False)
+        return self
+
+    def forward(self, x: Tensor) -> object:
+        return self.backbone(x)
+
+
+class SSLModel(nn.Module):
+    """Student, teacher (when an objective needs one) and weighted objectives."""
+
+    def __init__(self, student: nn.Module, objectives: dict[str, tuple[Objective, float]]) -> None:
+        super().__init__()
+        self.student = student
+        self.objectives = nn.ModuleDict({name: obj for name, (obj, _) in objectives.items()})
+        self.weights = {name: weight for name, (_, weight) in objectives.items()}
+        self.uses_teacher = any(obj.uses_teacher for obj, _ in objectives.values())
+        self.teacher = _Teacher(student) if self.uses_teacher else None
+
+    def view_request(self) -> ViewRequest:
+        patch_size = int(self.student.patch_size)
+        request = ViewRequest(patch_size=patch_size)
+        for objective in self.objectives.values():
+            request = request | objective.request(patch_size)
+        return request
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs: list[tuple[nn.Module, nn.Module]] = []
+        if self.teacher is not None:
+            pairs.append((self.student, self.teacher.backbone))
+        for objective in self.objectives.values():
+            pairs.extend(objective.ema_pairs())
+        return pairs
+
+    def forward(
+        self, views: Views, progress: float, epoch: int, step: int
+    ) -> tuple[Tensor, dict[str, float], StepOutputs]:
+        student_global = student_local = teacher_global = None
+        if views.global_crops is not None:
+            student_global = self.student(views.global_crops, masks=views.block_masks)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_global = self.teacher(views.global_crops)
+        if views.local_crops is not None:
+            student_local = self.student(views.local_crops)
+        out = StepOutputs(
+            views=views,
+            student_global=student_global,
+            student_local=student_local,
+            teacher_global=teacher_global,
+            student=self.student,
+            progress=progress,
+            epoch=epoch,
+            step=step,
+        )
+        total: Tensor | None = None
+        metrics: dict[str, float] = {}
+        for name, objective in self.objectives.items():
+            result = objective.loss(out)
+            value = result.loss.detach().float().item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(name, step, value)
+            weighted = result.loss * self.weights[name]
+            total = weighted if total is None else total + weighted
+            metrics[f"loss_{name}"] = value
+            metrics.update({f"{name}/{key}": v for key, v in result.metrics.items()})
+        assert total is not None, "SSLModel needs at least one objective"
+        metrics["loss"] = total.detach().float().item()
+        return total, metrics, out

@@ -1,0 +1,617 @@
+"""The training loop, on Lightning Fabric.
+
+Fabric gives the same code DDP/FSDP, mixed precision and multi-node launches (torchrun,
+SLURM); this module adds what SSL pre-training needs on top: the on-device augmentation
+policy, the EMA teacher, DINOv2's schedules, atomic checkpoints with exact resume, a
+non-finite-loss guard, clean stops on SIGTERM/SIGINT, and the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from medssl.config import RecipeError, ResolvedRecipe, build_component
+from medssl.engine import checkpoint as ckpt
+from medssl.engine import schedules
+from medssl.engine.ema import ema_update
+from medssl.engine.metrics import MetricsWriter, plot_losses
+from medssl.engine.model import SSLModel
+from medssl.engine.run_info import run_info
+from medssl.engine.sampler import EpochSampler
+from medssl.plugins import Registry
+from medssl.types import ObjectiveContext
+
+log = logging.getLogger("medssl.train")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    stopped_early: bool = False
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT (what SLURM pre-emption and Ctrl-C send)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signal = signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_StopFlag]:
+    flag = _StopFlag()
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, flag)
+        except ValueError:  # not the main thread (e.g. inside a test runner thread)
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _make_fabric(train: Any) -> Any:
+    from lightning.fabric import Fabric
+
+    precision = "32-true" if train.precision in ("32", "32-true") else train.precision
+    accelerator = "cuda" if train.accelerator == "gpu" else train.accelerator
+    strategy = train.strategy
+    if strategy == "fsdp":
+        from lightning.fabric.strategies import FSDPStrategy
+
+        strategy = FSDPStrategy(sharding_strategy="FULL_SHARD")
+    return Fabric(
+        accelerator=accelerator,
+        strategy=strategy,
+        devices=train.devices,
+        num_nodes=train.num_nodes,
+        precision=precision,
+    )
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "policy": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    generator.set_state(state["policy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Builds every component of a resolved recipe and trains it."""
+
+    def __init__(
+        self,
+        recipe: ResolvedRecipe,
+        registry: Registry,
+        run_dir: Path | None = None,
+        resume: bool = False,
+        progress_bar: bool | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.registry = registry
+        self.train_opts = recipe.train
+        self.run_dir = Path(run_dir or recipe.recipe.output_dir)
+        self.resume = resume
+        self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+
+    # -- building ---------------------------------------------------------------------------
+    def _build(self) -> None:
+        opts = self.train_opts
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        self.fabric = _make_fabric(opts)
+        self.fabric.launch()
+        self.fabric.seed_everything(
+            self.recipe.recipe.seed + self.fabric.global_rank, verbose=False
+        )
+        registry = self.registry
+
+        self.dataset = build_component(registry, self.recipe.data)
+        self.policy = build_component(registry, self.recipe.augmentation)
+        student = build_component(registry, self.recipe.backbone)
+        policy_channels = getattr(self.policy, "channels", None)
+        if policy_channels is not None and policy_channels != student.in_chans:
+            raise RecipeError(
+                f"augmentation.channels is {policy_channels} but backbone.in_chans is "
+                f"{student.in_chans}; set them to the same value",
+                self.recipe.source,
+                "augmentation.channels",
+            )
+
+        world = self.fabric.world_size
+        global_batch = opts.batch_size * world * opts.grad_accumulation
+        n_images = len(self.dataset)
+        if n_images < global_batch:
+            raise RecipeError(
+                f"the dataset has {n_images} images, fewer than one global batch "
+                f"({opts.batch_size} per device x {world} devices x "
+                f"{opts.grad_accumulation} accumulation steps)",
+                self.recipe.source,
+                "train.batch_size",
+            )
+        available = n_images // global_batch
+        self.steps_per_epoch = opts.steps_per_epoch or max(available, 1)
+        if self.steps_per_epoch > max(available, 1):
+            raise RecipeError(
+                f"train.steps_per_epoch={self.steps_per_epoch} needs more images than the "
+                f"dataset has ({n_images} images give {available} steps of {global_batch})",
+                self.recipe.source,
+                "train.steps_per_epoch",
+            )
+        self.total_steps = opts.steps or (opts.epochs or 1) * self.steps_per_epoch
+        self.global_batch = global_batch
+
+        objectives = {}
+        shared: dict[str, torch.nn.Module] = {}
+        image_size = getattr(self.policy, "global_crop_size", student.img_size)
+        for spec in self.recipe.enabled_objectives:
+            objective = build_component(registry, spec)
+            objective.setup(
+                ObjectiveContext(
+                    embed_dim=student.embed_dim,
+                    patch_size=student.patch_size,
+                    in_chans=student.in_chans,
+                    total_steps=self.total_steps,
+                    steps_per_epoch=self.steps_per_epoch,
+                    shared=shared,
+                    world_size=world,
+                    image_size=int(image_size),
+                )
+            )
+            objectives[spec.key.split(".", 1)[1]] = (objective, spec.weight)
+        model = SSLModel(student, objectives)
+        self.request = model.view_request()
+        if self.request.text and not getattr(self.dataset, "has_text", False):
+            raise RecipeError(
+                f"an enabled objective needs report text but dataset {self.recipe.data.name!r} "
+                "provides none; disable it (objectives.<name>.weight=0) or use a dataset with text",
+                self.recipe.source,
+                "objectives",
+            )
+
+        objective_modules = [obj for obj, _ in objectives.values()]
+        self.freeze_last_layer_epochs = max(
+            (getattr(obj, "freeze_last_layer_epochs", 0) for obj in objective_modules), default=0
+        )
+        self.schedules = schedules.dinov2_schedules(
+            self.total_steps,
+            self.steps_per_epoch,
+            global_batch,
+            base_lr=opts.lr or opts.base_lr,
+            lr_scaling="none" if opts.lr else "sqrt",
+            min_lr=opts.min_lr,
+            warmup_epochs=opts.warmup_epochs,
+            weight_decay=opts.weight_decay,
+            weight_decay_end=opts.weight_decay_end,
+            momentum=opts.momentum_teacher,
+            momentum_end=opts.momentum_teacher_end,
+            freeze_last_layer_epochs=self.freeze_last_layer_epochs,
+        )
+        self.peak_lr = self.schedules.lr.base
+        groups = schedules.param_groups(
+            model.student,
+            objective_modules,
+            layer_decay=opts.layerwise_decay,
+            patch_embed_lr_mult=opts.patch_embed_lr_mult,
+            last_layer_params=[p for o in objective_modules for p in o.frozen_last_layer_params()],
+        )
+        fused = torch.cuda.is_available() and self.fabric.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            groups,
+            lr=self.peak_lr,
+            betas=opts.betas,
+            weight_decay=opts.weight_decay,
+            fused=fused or None,
+        )
+        if opts.compile:
+            model.student = torch.compile(model.student)  # type: ignore[assignment]
+        self.model, self.optimizer = self.fabric.setup(model, optimizer)
+        self.raw_model = model
+
+        from medssl.data import collate
+
+        self.sampler = EpochSampler(
+            n_images, self.recipe.recipe.seed, self.fabric.global_rank, world
+        )
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=opts.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate,
+            num_workers=opts.num_workers,
+            drop_last=True,
+            persistent_workers=False,
+        )
+        self.generator = torch.Generator(device=self.fabric.device)
+        self.generator.manual_seed(self.recipe.recipe.seed * 1000 + self.fabric.global_rank)
+
+    # -- run directory ------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> int:
+        """Write config.yaml/run.json; return the step to start from (resume)."""
+        run_dir = self.run_dir
+        ckpt_dir = run_dir / "checkpoints"
+        start_step = 0
+        if self.resume:
+            latest = ckpt.latest_valid_checkpoint(ckpt_dir)
+            if latest is None:
+                log.warning("--resume: no valid checkpoint in %s; starting from scratch", ckpt_dir)
+            else:
+                model_state, state = ckpt.load_checkpoint(latest)
+                self.raw_model.load_state_dict(model_state)
+                self.optimizer.load_state_dict(state["optimizer"])
+                _set_rng_state(state["rng"], self.generator)
+                start_step = int(state["step"])
+                self.failures_total = state.get("failures_total", 0)
+                log.info("resumed from %s (step %d)", latest, start_step)
+        elif ckpt.list_checkpoints(ckpt_dir):
+            raise RecipeError(
+                f"{run_dir} already holds checkpoints of an earlier run; pass --resume to "
+                "continue it, or choose another output_dir",
+                self.recipe.source,
+                "output_dir",
+            )
+        if self.fabric.global_rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with (run_dir / "config.yaml").open("w") as fh:
+                yaml.safe_dump(self.recipe.config, fh, sort_keys=False)
+            info = run_info(
+                self.registry,
+                self.recipe.recipe.seed,
+                {
+                    "recipe": self.recipe.source,
+                    "world_size": self.fabric.world_size,
+                    "device": str(self.fabric.device),
+                    "global_batch": self.global_batch,
+                    "total_steps": self.total_steps,
+                    "steps_per_epoch": self.steps_per_epoch,
+                    "peak_lr": self.peak_lr,
+                    "objectives": {s.name: s.weight for s in self.recipe.objectives},
+                    "resumed_from_step": start_step or None,
+                },
+            )
+            (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+        return start_step
+
+    def _save(self, step: int) -> Path | None:
+        path = None
+        if self.fabric.global_rank == 0:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "step": step,
+                "rng": _rng_state(self.generator),
+                "failures_total": self.failures_total,
+            }
+            path = ckpt.save_checkpoint(
+                self.run_dir / "checkpoints",
+                step,
+                self.raw_model.state_dict(),
+                state,
+                self.train_opts.keep_checkpoints,
+            )
+            self._export_backbone(step)
+        self.fabric.barrier()
+        return path
+
+    def _export_backbone(self, step: int) -> None:
+        """``backbone.safetensors``: the teacher (or student) encoder alone, for eval/export."""
+        from safetensors.torch import save_file
+
+        source = (
+            self.raw_model.teacher.backbone if self.raw_model.teacher else self.raw_model.student
+        )
+        state = {k: v.detach().cpu().contiguous() for k, v in source.state_dict().items()}
+        tmp = self.run_dir / "backbone.safetensors.tmp"
+        save_file(state, str(tmp), metadata={"step": str(step)})
+        os.replace(tmp, self.run_dir / "backbone.safetensors")
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _batches(self, start_step: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Micro-batches from ``start_step`` on, epoch after epoch, resumable mid-epoch."""
+        accum = self.train_opts.grad_accumulation
+        micro_per_epoch = self.steps_per_epoch * accum
+        micro = start_step * accum
+        while True:
+            epoch, offset = divmod(micro, micro_per_epoch)
+            self.sampler.set_epoch(epoch, start=offset * self.train_opts.batch_size)
+            self.epoch_end_check(epoch)
+            for batch in self.loader:
+                yield epoch, batch
+                micro += 1
+                if micro % micro_per_epoch == 0:
+                    break
+
+    def epoch_end_check(self, epoch: int) -> None:
+        """Report the files that failed to load in the last epoch; abort above the limit."""
+        if getattr(self, "_epoch_seen", 0) and self._epoch_failures:
+            share = len(self._epoch_failures) / self._epoch_seen
+            shown = "; ".join(f"{p}: {r}" for p, r in self._epoch_failures[:10])
+            more = len(self._epoch_failures) - 10
+            log.warning(
+                "%d of %d images failed to load and were skipped (%.1f%%): %s%s",
+                len(self._epoch_failures),
+                self._epoch_seen,
+                100 * share,
+                shown,
+                f" (+{more} more)" if more > 0 else "",
+            )
+            if share > self.train_opts.max_failure_share:
+                raise RuntimeError(
+                    f"{100 * share:.1f}% of the images failed to load, above "
+                    f"train.max_failure_share={self.train_opts.max_failure_share}; "
+                    "fix the dataset or raise the limit"
+                )
+        self._epoch_failures: list[tuple[str, str]] = []
+        self._epoch_seen = 0
+
+    def _set_schedules(self, step: int) -> dict[str, float]:
+        values = self.schedules.at(step)
+        for group in self.optimizer.param_groups:
+            lr = values["last_layer_lr"] if group.get("is_last_layer") else values["lr"]
+            group["lr"] = lr * group.get("lr_multiplier", 1.0)
+            group["weight_decay"] = values["weight_decay"] * group.get("wd_multiplier", 1.0)
+        return values
+
+    def fit(self) -> RunResult:
+        self._build()
+        self.failures_total = 0
+        start_step = self._prepare_run_dir()
+        metrics_writer = (
+            MetricsWriter(self.run_dir, resume_step=start_step if self.resume else None)
+            if self.fabric.global_rank == 0
+            else None
+        )
+        opts = self.train_opts
+        accum = opts.grad_accumulation
+        step = start_step
+        last_metrics: dict[str, float] = {}
+        stopped = False
+        last_ckpt: Path | None = None
+        started = time.perf_counter()
+        window_start, window_images = time.perf_counter(), 0
+        progress = _Progress(self.total_steps, start_step, enabled=self.progress_bar)
+        diagnostics = _DiagnosticsTracker(self.raw_model)
+        self.model.train()
+        log.info(
+            "training %d steps (%d per epoch), global batch %d, peak lr %.3g, objectives: %s",
+            self.total_steps,
+            self.steps_per_epoch,
+            self.global_batch,
+            self.peak_lr,
+            ", ".join(f"{s.name}×{s.weight:g}" for s in self.recipe.enabled_objectives),
+        )
+        with _stop_on_signals() as stop, progress:
+            batches = self._batches(start_step)
+            while step < self.total_steps:
+                scheduled = self._set_schedules(step)
+                epoch = step // self.steps_per_epoch
+                step_metrics: dict[str, float] = {}
+                outputs = None
+                for micro in range(accum):
+                    epoch, batch = next(batches)
+                    failures = batch.get("failures") or []
+                    self._epoch_failures.extend(failures)
+                    self._epoch_seen += len(failures) + int(batch["image"].shape[0])
+                    self.failures_total += len(failures)
+                    images = self.fabric.to_device(batch["image"])
+                    kwargs = {"text": batch.get("text")} if self.request.text else {}
+                    with torch.no_grad():
+                        views = self.policy(images, self.request, self.generator, **kwargs)
+                    with self.fabric.no_backward_sync(self.model, enabled=micro < accum - 1):
+                        loss, micro_metrics, outputs = self.model(
+                            views, step / self.total_steps, epoch, step
+                        )
+                        self.fabric.backward(loss / accum)
+                    for key, value in micro_metrics.items():
+                        step_metrics[key] = step_metrics.get(key, 0.0) + value / accum
+                    window_images += int(images.shape[0]) * self.fabric.world_size
+                self._cancel_frozen_grads(epoch)
+                if opts.clip_grad:
+                    self.fabric.clip_gradients(
+                        self.model,
+                        self.optimizer,
+                        max_norm=opts.clip_grad,
+                        error_if_nonfinite=False,
+                    )
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    ema_update(self.raw_model.ema_pairs(), scheduled["momentum"])
+                step += 1
+
+                if step % opts.diagnostics_every == 0 or step == self.total_steps:
+                    step_metrics.update(diagnostics.update(step, outputs, step_metrics))
+                if step % opts.log_every == 0 or step == self.total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    step_metrics.update(scheduled)
+                    step_metrics["images_per_s"] = window_images / max(elapsed, 1e-9)
+                    step_metrics["epoch"] = float(epoch)
+                    if torch.cuda.is_available() and self.fabric.device.type == "cuda":
+                        step_metrics["cuda_max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    window_start, window_images = time.perf_counter(), 0
+                    if metrics_writer is not None:
+                        metrics_writer.log(step, step_metrics)
+                    progress.log(step, step_metrics)
+                last_metrics = step_metrics
+                progress.advance(step, last_metrics)
+
+                out_of_time = (
+                    opts.max_minutes is not None
+                    and time.perf_counter() - started > opts.max_minutes * 60
+                )
+                if (
+                    step % opts.checkpoint_every == 0
+                    or step == self.total_steps
+                    or stop.signal
+                    or out_of_time
+                ):
+                    last_ckpt = self._save(step)
+                if stop.signal or out_of_time:
+                    reason = f"signal {stop.signal}" if stop.signal else "train.max_minutes"
+                    log.warning(
+                        "stopping at step %d (%s); checkpoint saved, continue with --resume",
+                        step,
+                        reason,
+                    )
+                    stopped = True
+                    break
+        if metrics_writer is not None:
+            metrics_writer.close()
+            if (self.run_dir / "metrics.csv").is_file():
+                plot_losses(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
+        summary = diagnostics.summary()
+        log.info("collapse diagnostics: final state %s", summary.get("final_state"))
+        if self.fabric.global_rank == 0:
+            (self.run_dir / "diagnostics.json").write_text(json.dumps(summary, indent=2))
+            if self.failures_total:
+                log.warning("%d images failed to load in this run in all", self.failures_total)
+        log.info(
+            "done: %d steps in %.1f s; run directory %s",
+            step,
+            time.perf_counter() - started,
+            self.run_dir,
+        )
+        return RunResult(self.run_dir, step, stopped, last_metrics, last_ckpt, summary)
+
+    def _cancel_frozen_grads(self, epoch: int) -> None:
+        # DINOv2 both zeroes the last layer's LR and drops its gradient in the first epoch(s).
+        for objective in self.raw_model.objectives.values():
+            if epoch < getattr(objective, "freeze_last_layer_epochs", 0):
+                for param in objective.frozen_last_layer_params():
+                    param.grad = None
+
+
+class _DiagnosticsTracker:
+    """Collapse diagnostics every few steps (teacher entropy and prototype usage from the
+    objectives' metrics, CLS spread here), summarised and warned about by
+    :class:`medssl.engine.diagnostics.CollapseMonitor`."""
+
+    KEYS = ("teacher_entropy_ratio", "usage_ratio", "teacher_entropy", "usage_entropy")
+
+    def __init__(self, model: SSLModel) -> None:
+        from medssl.engine.diagnostics import CollapseMonitor
+
+        self.model = model
+        self.monitor = CollapseMonitor()
+
+    def update(self, step: int, outputs: Any, metrics: dict[str, float]) -> dict[str, float]:
+        from medssl.engine.diagnostics import collapse_metrics
+
+        values: dict[str, float] = {}
+        for key, value in metrics.items():
+            name = key.rsplit("/", 1)[-1]
+            if name in self.KEYS and name not in values:
+                values[name] = value
+        if outputs is not None and outputs.student_global is not None:
+            values.update(collapse_metrics(student_cls=outputs.student_global.cls.detach().float()))
+        self.monitor.update(step, values)
+        return {f"diag/{k}": v for k, v in values.items()}
+
+    def summary(self) -> dict[str, Any]:
+        return self.monitor.summary()
+
+
+class _Progress:
+    """A rich progress bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.start = start
+        self._bar = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(
+                "train", total=self.total, completed=self.start, info=""
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def advance(self, step: int, metrics: dict[str, float]) -> None:
+        if self._bar is not None:
+            info = f"loss {metrics.get('loss', float('nan')):.4f}"
+            self._bar.update(self._task, completed=step, info=info)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self._bar is not None:
+            return
+        losses = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("loss"))
+        log.info(
+            "step %d/%d %s lr=%.3g %.1f img/s",
+            step,
+            self.total,
+            losses,
+            metrics.get("lr", float("nan")),
+            metrics.get("images_per_s", float("nan")),
+        )
+
+
+def train(
+    recipe: ResolvedRecipe,
+    registry: Registry,
+    resume: bool = False,
+    run_dir: Path | None = None,
+    progress_bar: bool | None = None,
+) -> RunResult:
+    """Train ``recipe``; raises :class:`NonFiniteLossError` with the objective's name."""
+    trainer = Trainer(recipe, registry, run_dir=run_dir, resume=resume, progress_bar=progress_bar)
+    return trainer.fit()

@@ -1,0 +1,186 @@
+"""The plugin manager: entry points, built-ins through the same hooks, blocking, duplicates."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from medssl import hookimpl
+from medssl.plugins import (
+    KINDS,
+    PluginError,
+    UnknownComponentError,
+    get_plugin_manager,
+    load_registry,
+)
+
+FIXTURE_PLUGIN = Path(__file__).parent / "fixtures" / "plugins" / "medssl-example"
+
+
+def _install_fake_dist(site: Path, dist: str, module: str, source: str, ep_name: str) -> None:
+    """Lay out a package the way pip installs it: module + dist-info with entry_points.txt."""
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[medssl]\n{ep_name} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    yield site
+    for name in list(sys.modules):
+        if name.startswith("fakeplug"):
+            del sys.modules[name]
+
+
+GOOD_PLUGIN = """
+    from medssl import hookimpl
+
+    class Thing:
+        '''A dataset from a plugin.'''
+        def __init__(self, size: int = 1):
+            self.size = size
+
+    @hookimpl
+    def medssl_register_datasets(register):
+        register("plugin_thing", Thing)
+"""
+
+
+def test_builtins_register_through_hooks():
+    registry = load_registry()
+    assert "vit_small_patch14" in registry.names("backbone")
+    component = registry.get("backbone", "vit_base_patch14")
+    assert component.provider.name == "medssl"
+    # The built-ins are an ordinary pluggy plugin of the manager.
+    pm = get_plugin_manager()
+    assert pm.get_plugin("medssl") is not None
+    assert set(KINDS) == {
+        "backbone",
+        "objective",
+        "augmentation",
+        "dataset",
+        "evaluator",
+        "exporter",
+    }
+
+
+def test_entry_point_plugin_is_loaded_with_its_distribution_name(site):
+    _install_fake_dist(site, "fakeplug-dist", "fakeplug_good", GOOD_PLUGIN, "good")
+    registry = load_registry()
+    component = registry.get("dataset", "plugin_thing")
+    assert component.provider.name == "fakeplug-dist"
+    assert component.provider.version == "1.2.3"
+    assert component.factory(size=3).size == 3
+
+
+def test_disable_plugins_by_name_and_autoload(site, monkeypatch):
+    _install_fake_dist(site, "fakeplug-dist", "fakeplug_good", GOOD_PLUGIN, "good")
+    monkeypatch.setenv("MEDSSL_DISABLE_PLUGINS", "fakeplug-dist")
+    registry = load_registry()
+    assert "plugin_thing" not in registry.names("dataset")
+    assert registry.load_report.blocked == ["fakeplug-dist"]
+    monkeypatch.setenv("MEDSSL_DISABLE_PLUGINS", "good")  # the entry-point name works too
+    assert "plugin_thing" not in load_registry().names("dataset")
+    monkeypatch.delenv("MEDSSL_DISABLE_PLUGINS")
+    monkeypatch.setenv("MEDSSL_DISABLE_PLUGIN_AUTOLOAD", "1")
+    registry = load_registry()
+    assert "plugin_thing" not in registry.names("dataset")
+    assert "vit_small_patch14" in registry.names("backbone")  # built-ins still there
+
+
+def test_broken_plugin_is_reported_by_distribution_name(site, caplog):
+    _install_fake_dist(
+        site, "fakeplug-broken", "fakeplug_broken", "import no_such_module_xyz\n", "broken"
+    )
+    registry = load_registry()
+    assert "fakeplug-broken" in registry.load_report.failed
+    assert "no_such_module_xyz" in registry.load_report.failed["fakeplug-broken"]
+    assert any("fakeplug-broken" in rec.getMessage() for rec in caplog.records)
+    with pytest.raises(UnknownComponentError, match="failed to import: fakeplug-broken"):
+        registry.get("dataset", "nothing_like_this")
+
+
+def test_duplicate_names_are_an_error_naming_both_plugins(site):
+    duplicate = """
+        from medssl import hookimpl
+
+        @hookimpl
+        def medssl_register_backbones(register):
+            register("vit_small_patch14", object)
+    """
+    _install_fake_dist(site, "fakeplug-dupe", "fakeplug_dupe", duplicate, "dupe")
+    with pytest.raises(PluginError) as info:
+        load_registry()
+    message = str(info.value)
+    assert "'vit_small_patch14'" in message
+    assert "'medssl'" in message and "'fakeplug-dupe'" in message
+
+
+def test_fresh_manager_per_call_keeps_tests_isolated():
+    class OneOff:
+        @hookimpl
+        def medssl_register_objectives(self, register):
+            register("one_off_objective", dict)
+
+    with_plugin = load_registry([OneOff()])
+    assert "one_off_objective" in with_plugin.names("objective")
+    assert "one_off_objective" not in load_registry().names("objective")
+    assert get_plugin_manager() is not get_plugin_manager()
+
+
+def test_unknown_name_suggests_closest():
+    registry = load_registry()
+    with pytest.raises(UnknownComponentError, match="did you mean 'vit_base_patch14'"):
+        registry.get("backbone", "vit_bse_patch14")
+
+
+def test_register_rejects_non_callables():
+    class Bad:
+        @hookimpl
+        def medssl_register_datasets(self, register):
+            register("bad", 42)
+
+    with pytest.raises(PluginError, match="not callable"):
+        load_registry([Bad()])
+
+
+@pytest.mark.slow
+def test_pip_installed_plugin_shows_up_in_cli(tmp_path):
+    """A real `pip install` of a plugin package; its component appears in `medssl plugins`."""
+    target = tmp_path / "target"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(FIXTURE_PLUGIN),
+        ],
+        check=True,
+    )
+    env = {"PYTHONPATH": str(target), "PATH": str(Path(sys.executable).parent)}
+    out = subprocess.run(
+        [sys.executable, "-m", "medssl.cli", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert '"constant_images"' in out.stdout
+    assert '"medssl-example"' in out.stdout
