@@ -1,0 +1,1 @@
+"""The training engine: the loop on Lightning Fabric, schedules, EMA, checkpoints, metrics."""

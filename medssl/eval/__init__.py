@@ -1,0 +1,1 @@
+"""Evaluations on frozen features (linear probe, k-NN, segmentation probe, metadata probe)."""

@@ -1,0 +1,1 @@
+"""Exporters: the Hugging Face ``Dinov2Model`` layout and back."""
