@@ -106,6 +106,7 @@ class ComponentSpec(BaseModel):
     key: str
     options: dict[str, Any]
     weight: float = 1.0
+    source: str | None = None  # the recipe file, for error messages
 
 
 class Recipe(_Strict):
@@ -144,6 +145,26 @@ class ResolvedRecipe:
         return [spec for spec in self.objectives if spec.weight != 0]
 
 
+#: Blocks whose options belong to the component they name: naming another component in a
+#: child recipe or an override starts that block afresh instead of merging foreign options.
+COMPONENT_BLOCKS = ("data", "augmentation", "backbone")
+
+
+def _merge(base: DictConfig, child: DictConfig) -> DictConfig:
+    merged = OmegaConf.merge(base, child)
+    for key in COMPONENT_BLOCKS:
+        new = child.get(key)
+        old = base.get(key)
+        if (
+            isinstance(new, DictConfig)
+            and isinstance(old, DictConfig)
+            and new.get("name") is not None
+            and new.get("name") != old.get("name")
+        ):
+            merged[key] = new
+    return merged
+
+
 def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
@@ -162,7 +183,7 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     if base:
         base_path = (path.parent / str(base)).resolve()
         parent = _load_yaml(base_path, (*seen, path.resolve()))
-        conf = OmegaConf.merge(parent, conf)
+        conf = _merge(parent, conf)
         conf.extends = None
     return conf
 
@@ -183,7 +204,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[dict[s
     source = str(path)
     conf = _load_yaml(path)
     if overrides:
-        conf = OmegaConf.merge(conf, _parse_overrides(overrides, source))
+        conf = _merge(conf, _parse_overrides(overrides, source))
     try:
         plain = OmegaConf.to_container(conf, resolve=True)
     except OmegaConfBaseException as exc:
@@ -247,7 +268,9 @@ def _validate_block(
             options = model.model_validate(block).model_dump()
         except ValidationError as exc:
             raise _pydantic_error(exc, source, key, list(model.model_fields)) from None
-    return ComponentSpec(kind=kind, name=str(name), key=key, options=options, weight=float(weight))
+    return ComponentSpec(
+        kind=kind, name=str(name), key=key, options=options, weight=float(weight), source=source
+    )
 
 
 def resolve_recipe(config: dict[str, Any], registry: Registry, source: str) -> ResolvedRecipe:
@@ -308,6 +331,6 @@ def build_component(registry: Registry, spec: ComponentSpec, **extra: Any) -> An
         raise RecipeError(
             f"{spec.kind} {spec.name!r} (from plugin {component.provider.name!r}) could not be "
             f"built: {exc}",
-            None,
+            spec.source,
             spec.key,
         ) from exc

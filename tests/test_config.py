@@ -102,6 +102,16 @@ def test_extends_merges_base(tmp_path, recipe, registry):
     assert resolved.data.options["size"] == 7 and resolved.data.options["root"] == "/data"
 
 
+def test_naming_another_component_starts_its_block_afresh(tmp_path, recipe, registry):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: recipe.yaml\ndata: {name: toy_data, root: /other}\n")
+    assert load_recipe(child, registry=registry).data.options["root"] == "/other"
+    # Switching the dataset drops the old block's options instead of leaking them.
+    resolved = load_recipe(recipe, ["data.name=synthetic", "data.n_images=8"], registry)
+    assert resolved.data.name == "synthetic"
+    assert resolved.data.options["n_images"] == 8 and "root" not in resolved.data.options
+
+
 def test_extends_loop_is_reported(tmp_path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
