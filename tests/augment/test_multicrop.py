@@ -1,0 +1,141 @@
+"""The DINOv2 multi-crop policy: the shared contract plus DINOv2's specifics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from medssl.augment import DINOv2MultiCrop
+from medssl.testing.augmentation import AugmentationPolicyContract
+from medssl.types import BlockMaskSpec, ViewRequest
+
+
+class TestDINOv2MultiCrop(AugmentationPolicyContract):
+    def make_policy(self, **overrides: Any) -> DINOv2MultiCrop:
+        options = {"global_crop_size": 16, "local_crop_size": 12, "n_local_crops": 3}
+        return DINOv2MultiCrop(**{**options, **overrides})
+
+    def make_request(self, patch_size: int = 4) -> ViewRequest:
+        return ViewRequest(
+            global_crops=True, local_crops=True, block_masks=BlockMaskSpec(), patch_size=patch_size
+        )
+
+    def expected_shapes(self, policy: Any, request: ViewRequest, batch: int) -> dict[str, tuple]:
+        o, c = policy.options, policy.channels
+        grid = o.global_crop_size // request.patch_size
+        return {
+            "global_crops": (2 * batch, c, o.global_crop_size, o.global_crop_size),
+            "local_crops": (o.n_local_crops * batch, c, o.local_crop_size, o.local_crop_size),
+            "block_masks": (2 * batch, grid * grid),
+        }
+
+
+def _images(batch: int = 8, channels: int = 3, size: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=g)
+
+
+def test_defaults_follow_dinov2() -> None:
+    o = DINOv2MultiCrop().options
+    assert (o.global_crop_size, o.local_crop_size, o.n_local_crops) == (224, 98, 8)
+    assert o.global_scale == (0.32, 1.0) and o.local_scale == (0.05, 0.32)
+    assert (o.brightness, o.contrast, o.saturation, o.hue) == (0.4, 0.4, 0.2, 0.1)
+    assert (o.jitter_prob, o.grayscale_prob, o.hflip_prob, o.solarize_prob) == (0.8, 0.2, 0.5, 0.2)
+    assert o.blur_probs == (1.0, 0.1, 0.5)  # the paper's convention (dinov2 PR #411)
+
+
+def test_only_requested_views_are_made() -> None:
+    policy = DINOv2MultiCrop(global_crop_size=16, local_crop_size=8)
+    views = policy(_images(), ViewRequest(local_crops=True, patch_size=4))
+    assert views.global_crops is None and views.block_masks is None
+    assert views.local_crops is not None and views.n_local == 8 and views.n_global == 0
+    views = policy(_images(), ViewRequest(single_view=True, patch_size=4))
+    assert views.single_view is not None and views.single_view.shape == (8, 3, 16, 16)
+
+
+def test_crops_are_crop_major() -> None:
+    """Crop i of every image sits in rows [i * B, (i + 1) * B): a constant image's crops
+    keep its value, so the row order shows which image each crop came from."""
+    batch = 4
+    levels = torch.tensor([0, 60, 120, 250], dtype=torch.uint8)
+    images = levels.view(batch, 1, 1, 1).expand(batch, 1, 32, 32).contiguous()
+    policy = DINOv2MultiCrop(
+        global_crop_size=16,
+        local_crop_size=8,
+        jitter_prob=0.0,
+        solarize_prob=0.0,
+        channels=1,
+        mean=(0.0,),
+        std=(1.0,),
+    )
+    views = policy(images, ViewRequest(global_crops=True, local_crops=True, patch_size=4))
+    for crops, n in ((views.global_crops, 2), (views.local_crops, 8)):
+        per_crop = crops.view(n, batch, -1).mean(-1)
+        torch.testing.assert_close(
+            per_crop, (levels.float() / 255).expand(n, batch), atol=1e-5, rtol=0
+        )
+
+
+def test_probabilities_show_in_the_views() -> None:
+    """Solarisation only on global crop 2, about its probability; blur smooths."""
+    batch = 400
+    images = _images(batch, channels=1, size=24)
+    kwargs = dict(
+        global_crop_size=16,
+        local_crop_size=8,
+        n_local_crops=1,
+        channels=1,
+        mean=(0.0,),
+        std=(1.0,),
+        jitter_prob=0.0,
+        blur_probs=(0.0, 0.0, 0.0),
+    )
+    plain = DINOv2MultiCrop(**kwargs, solarize_prob=0.0)
+    solar = DINOv2MultiCrop(**kwargs, solarize_prob=0.5)
+    request = ViewRequest(global_crops=True, patch_size=4)
+    a = plain(images, request, torch.Generator().manual_seed(0)).global_crops.view(2, batch, -1)
+    b = solar(images, request, torch.Generator().manual_seed(0)).global_crops.view(2, batch, -1)
+    torch.testing.assert_close(a[0], b[0])
+    changed = (a[1] != b[1]).any(dim=1).float().mean().item()
+    assert 0.4 < changed < 0.6
+
+
+def test_blur_always_on_global_one() -> None:
+    images = _images(16, channels=1, size=64)
+    kwargs = dict(
+        global_crop_size=32,
+        local_crop_size=8,
+        channels=1,
+        mean=(0.0,),
+        std=(1.0,),
+        jitter_prob=0.0,
+        solarize_prob=0.0,
+        blur_sigma=(2.0, 2.0),
+    )
+    request = ViewRequest(global_crops=True, patch_size=4)
+    sharp = DINOv2MultiCrop(**kwargs, blur_probs=(0.0, 0.0, 0.0))(
+        images, request, torch.Generator().manual_seed(0)
+    )
+    blurred = DINOv2MultiCrop(**kwargs)(images, request, torch.Generator().manual_seed(0))
+
+    def roughness(x: torch.Tensor) -> torch.Tensor:
+        return (x[..., 1:] - x[..., :-1]).abs().mean(dim=(1, 2, 3))
+
+    assert (roughness(blurred.global_crops[:16]) < 0.7 * roughness(sharp.global_crops[:16])).all()
+
+
+def test_bad_options_fail_at_construction() -> None:
+    with pytest.raises(ValueError, match="mean has 3 values but channels=1"):
+        DINOv2MultiCrop(channels=1)
+    with pytest.raises(ValueError, match="extra"):
+        DINOv2MultiCrop(global_crops_size=224)
+    with pytest.raises(ValueError, match="odd"):
+        DINOv2MultiCrop(blur_kernel_size=8)
+
+
+def test_single_view_policy_request_is_refused_by_views() -> None:
+    policy = DINOv2MultiCrop(global_crop_size=16, local_crop_size=8)
+    with pytest.raises(ValueError, match="ViewRequest"):
+        policy(_images(), {"global_crops": True})
