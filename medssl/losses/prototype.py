@@ -59,10 +59,26 @@ def _check_head(fn: str, features: Tensor, prototypes: Tensor, chunk_size: int |
     return min(chunk_size, k)
 
 
-def _tile_logits(f: Tensor, w: Tensor, scale: float) -> Tensor:
-    """``f @ w.T * scale`` for one tile, matmul in the inputs' dtype, result in acc_dtype."""
-    z = f @ w.T
-    return z.to(acc_dtype(z)).mul_(scale)
+def _tile_buffer(rows: int, chunk: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Flat storage for one ``[rows, chunk]`` tile, reused across tiles.
+
+    Reusing it (instead of a fresh tensor per tile) keeps the pages hot: a new multi-MiB
+    allocation is often a fresh mmap whose page faults cost more than the arithmetic.
+    """
+    return torch.empty(rows * chunk, dtype=dtype, device=device)
+
+
+def _tile(buffer: Tensor, rows: int, cols: int) -> Tensor:
+    return buffer[: rows * cols].view(rows, cols)
+
+
+def _logits_into(out: Tensor, features: Tensor, w: Tensor, scale: float | None) -> Tensor:
+    """``out = features @ w.T (* scale)``; ``scale=None`` when features are pre-scaled."""
+    if features.dtype == out.dtype:
+        torch.mm(features, w.T, out=out)
+    else:  # low-precision matmul, softmax arithmetic in acc_dtype
+        out.copy_(features @ w.T)
+    return out if scale is None else out.mul_(scale)
 
 
 def _target_tile(targets: Tensor, k0: int, k1: int, dtype: torch.dtype) -> Tensor:
@@ -71,8 +87,15 @@ def _target_tile(targets: Tensor, k0: int, k1: int, dtype: torch.dtype) -> Tenso
     return p[0].to(dtype) if p.shape[0] == 1 else p.sum(dim=0, dtype=dtype)
 
 
+def _scaled_features(features: Tensor, inv_t: float) -> tuple[Tensor, float | None]:
+    """Fold 1/tau into the (small) features when that adds no rounding; else scale tiles."""
+    if features.dtype == acc_dtype(features):
+        return features * inv_t, None
+    return features, inv_t
+
+
 class _PrototypeCrossEntropy(torch.autograd.Function):
-    """Chunked torch path: never holds more than a couple of ``[B, chunk]`` tiles."""
+    """Chunked torch path: holds two ``[B, chunk]`` tiles, never ``[B, K]``."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -84,16 +107,23 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         chunk: int,
     ) -> Tensor:
         rows, k = features.shape[0], prototypes.shape[0]
-        n_rep = rows // targets.shape[1]
+        n_targets = targets.shape[1]
+        n_rep = rows // n_targets
         inv_t = 1.0 / student_temp
         acc = {"dtype": acc_dtype(features), "device": features.device}
+        f_in, scale = _scaled_features(features, inv_t)
+        s_buf = _tile_buffer(rows, chunk, **acc)
+        prod_buf = _tile_buffer(rows, chunk, **acc)
         run_max = torch.full((rows,), -torch.inf, **acc)
         run_sum = torch.zeros(rows, **acc)
         dot = torch.zeros(rows, **acc)
         for k0 in range(0, k, chunk):
-            s = _tile_logits(features, prototypes[k0 : k0 + chunk], inv_t)
+            w = prototypes[k0 : k0 + chunk]
+            s = _logits_into(_tile(s_buf, rows, w.shape[0]), f_in, w, scale)
             p = _target_tile(targets, k0, k0 + chunk, s.dtype)
-            dot.add_(torch.linalg.vecdot(s.view(n_rep, *p.shape), p).view(rows))
+            prod = _tile(prod_buf, rows, w.shape[0])
+            torch.mul(s.view(n_rep, n_targets, -1), p, out=prod.view(n_rep, n_targets, -1))
+            dot.add_(prod.sum(dim=1))
             new_max = torch.maximum(run_max, s.amax(dim=1))
             run_sum.mul_(torch.exp(run_max - new_max))
             run_sum.add_(s.sub_(new_max[:, None]).exp_().sum(dim=1))
@@ -113,32 +143,35 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
             return None, None, None, None, None
         inv_t = 1.0 / ctx.student_temp
         chunk = ctx.chunk
-        k = prototypes.shape[0]
-        rows, n_targets = features.shape[0], targets.shape[1]
-        row_scale = (grad_loss.to(lse.dtype) * inv_t)[:, None]
-        mass = mass[:, None]
+        rows, k = features.shape[0], prototypes.shape[0]
+        n_targets = targets.shape[1]
+        n_rep = rows // n_targets
+        acc = {"dtype": lse.dtype, "device": features.device}
+        f_in, scale = _scaled_features(features, inv_t)
+        # dL/dz_bk = g_b / tau * (P_b softmax_bk - p_bk), z = f W^T
+        row_scale = grad_loss.to(lse.dtype) * inv_t
+        softmax_scale = (mass * row_scale)[:, None]
+        target_scale = (-row_scale).view(n_rep, n_targets, 1)
         lse = lse[:, None]
-        grad_f = torch.zeros(features.shape, dtype=lse.dtype, device=features.device)
+        g_buf = _tile_buffer(rows, chunk, **acc)
+        grad_f = torch.zeros(features.shape, **acc) if need_f else None
         grad_w = torch.empty_like(prototypes) if need_w else None
         for k0 in range(0, k, chunk):
             w = prototypes[k0 : k0 + chunk]
-            g = _tile_logits(features, w, inv_t)
-            # g becomes dL/dz for this tile, in place: (P * softmax - p) * g_b / tau
-            g.sub_(lse).exp_().mul_(mass)
-            g.view(rows // n_targets, n_targets, -1).sub_(
-                _target_tile(targets, k0, k0 + chunk, g.dtype)
-            )
-            g.mul_(row_scale)
-            g = g.to(features.dtype)
-            if need_f:
-                if grad_f.dtype == g.dtype:
-                    grad_f.addmm_(g, w)
+            g = _logits_into(_tile(g_buf, rows, w.shape[0]), f_in, w, scale)
+            g.sub_(lse).exp_().mul_(softmax_scale)
+            p = _target_tile(targets, k0, k0 + chunk, g.dtype)
+            g.view(n_rep, n_targets, -1).addcmul_(p, target_scale)
+            g_in = g.to(features.dtype)
+            if grad_f is not None:
+                if grad_f.dtype == g_in.dtype:
+                    grad_f.addmm_(g_in, w)
                 else:
-                    grad_f.add_(g @ w)
-            if need_w:
-                torch.mm(g.T, features, out=grad_w[k0 : k0 + chunk])
+                    grad_f.add_(g_in @ w)
+            if grad_w is not None:
+                torch.mm(g_in.T, features, out=grad_w[k0 : k0 + chunk])
         return (
-            grad_f.to(features.dtype) if need_f else None,
+            grad_f.to(features.dtype) if grad_f is not None else None,
             grad_w,
             None,
             None,
