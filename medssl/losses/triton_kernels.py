@@ -84,6 +84,14 @@ def _mm(a, b, PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(Ptr, idx, ok, stride, dcol, d_ok):
+    """[len(idx), BLOCK_D] block of a row-major matrix, zeros outside (ok, d_ok)."""
+    return tl.load(
+        Ptr + idx[:, None] * stride + dcol[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0
+    )
+
+
+@triton.jit
 def _target_tile(P, stride_pt, stride_pb, prow, row_ok, ks, k_ok, T: tl.constexpr):
     """Targets tile: rows ``prow`` of the [T, B_t, K] targets, summed over T (fp32)."""
     mask = row_ok[:, None] & k_ok[None, :]
@@ -109,11 +117,7 @@ def _ce_fwd_kernel(
     row_ok = rows < B
     dcol = tl.arange(0, BLOCK_D)
     d_ok = dcol < D
-    f = tl.load(
-        F + rows[:, None] * stride_fb + dcol[None, :],
-        mask=row_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
+    f = _load_rows(F, rows, row_ok, stride_fb, dcol, d_ok)
     prow = rows % n_targets
     run_max = tl.full([BLOCK_B], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_B], tl.float32)
@@ -124,11 +128,7 @@ def _ce_fwd_kernel(
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
-        w = tl.load(
-            W + ks[:, None] * stride_wk + dcol[None, :],
-            mask=k_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
+        w = _load_rows(W, ks, k_ok, stride_wk, dcol, d_ok)
         s = _mm(f, tl.trans(w), PRECISION, DOT_F32) * inv_t
         p = _target_tile(P, stride_pt, stride_pb, prow, row_ok, ks, k_ok, T)
         dot += tl.sum(p * s, axis=1)  # p is 0 outside the range
@@ -169,11 +169,7 @@ def _ce_bwd_features_kernel(
     row_ok = rows < B
     dcol = tl.arange(0, BLOCK_D)
     d_ok = dcol < D
-    f = tl.load(
-        F + rows[:, None] * stride_fb + dcol[None, :],
-        mask=row_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
+    f = _load_rows(F, rows, row_ok, stride_fb, dcol, d_ok)
     prow = rows % n_targets
     lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
     soft_scale = tl.load(SoftScale + rows, mask=row_ok, other=0.0)
@@ -184,11 +180,7 @@ def _ce_bwd_features_kernel(
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
-        w = tl.load(
-            W + ks[:, None] * stride_wk + dcol[None, :],
-            mask=k_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
+        w = _load_rows(W, ks, k_ok, stride_wk, dcol, d_ok)
         g = _grad_logits(f, w, P, stride_pt, stride_pb, prow, row_ok, ks, k_ok, lse, soft_scale,
                          tgt_scale, inv_t, T, PRECISION, DOT_F32)  # fmt: skip
         acc += _mm(g.to(w.dtype), w, PRECISION, DOT_F32)
@@ -210,18 +202,12 @@ def _ce_bwd_prototypes_kernel(
     k_ok = ks < K
     dcol = tl.arange(0, BLOCK_D)
     d_ok = dcol < D
-    w = tl.load(
-        W + ks[:, None] * stride_wk + dcol[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0.0
-    )
+    w = _load_rows(W, ks, k_ok, stride_wk, dcol, d_ok)
     acc = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
     for b0 in range(0, B, BLOCK_B):
         rows = b0 + tl.arange(0, BLOCK_B)
         row_ok = rows < B
-        f = tl.load(
-            F + rows[:, None] * stride_fb + dcol[None, :],
-            mask=row_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
+        f = _load_rows(F, rows, row_ok, stride_fb, dcol, d_ok)
         lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
         soft_scale = tl.load(SoftScale + rows, mask=row_ok, other=0.0)
         tgt_scale = tl.load(TgtScale + rows, mask=row_ok, other=0.0)
@@ -248,14 +234,8 @@ def _scaled_logits_kernel(
     k_ok = ks < K
     dcol = tl.arange(0, BLOCK_D)
     d_ok = dcol < D
-    f = tl.load(
-        F + rows[:, None] * stride_fb + dcol[None, :],
-        mask=row_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
-    w = tl.load(
-        W + ks[:, None] * stride_wk + dcol[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0.0
-    )
+    f = _load_rows(F, rows, row_ok, stride_fb, dcol, d_ok)
+    w = _load_rows(W, ks, k_ok, stride_wk, dcol, d_ok)
     z = _mm(f, tl.trans(w), PRECISION, DOT_F32)
     if HAS_CENTER:
         z -= tl.load(C + ks, mask=k_ok, other=0.0)[None, :]
