@@ -167,5 +167,10 @@ def plugins(as_json: bool) -> None:
         click.echo(f"plugin {dist!r} blocked by MEDSSL_DISABLE_PLUGINS", err=True)
 
 
+# Feature commands live beside their features; each adds one line here.
+from medssl.cli_augment import augment_preview  # noqa: E402
+
+main.add_command(augment_preview)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
