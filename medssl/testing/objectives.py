@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from medssl.types import (
+    BackboneOutput,
     Objective,
     ObjectiveContext,
     StepOutputs,
@@ -35,6 +36,10 @@ from medssl.types import (
 )
 
 __all__ = [
+    "hand_made_step",
+    "objective_context",
+    "perturb_",
+    "random_tokens",
     "ObjectiveContractTests",
     "build_objective",
     "make_step",
@@ -189,13 +194,10 @@ class ObjectiveContractTests:
 
     # -- helpers -----------------------------------------------------------------------
     def context(self) -> ObjectiveContext:
-        return ObjectiveContext(
+        return objective_context(
             embed_dim=self.embed_dim,
             patch_size=self.patch_size,
             in_chans=self.in_chans,
-            total_steps=100,
-            steps_per_epoch=10,
-            shared={},
             image_size=self.image_size,
         )
 
@@ -323,3 +325,71 @@ class ObjectiveContractTests:
             o.load_state_dict(state)
         got = restored.loss(self.step(restored, student, teacher, views)).loss
         torch.testing.assert_close(got, expected)
+
+
+# -- hand-made backbone outputs -----------------------------------------------------------
+HAND_MADE_EMBED = 12
+
+
+def objective_context(**overrides: object) -> ObjectiveContext:
+    """An ObjectiveContext for tests (10 steps per epoch, 16-pixel images, patch 4)."""
+    values: dict[str, Any] = {
+        "embed_dim": HAND_MADE_EMBED,
+        "patch_size": 4,
+        "in_chans": 1,
+        "total_steps": 100,
+        "steps_per_epoch": 10,
+        "shared": {},
+        "image_size": 16,
+    }
+    values.update(overrides)
+    return ObjectiveContext(**values)
+
+
+def random_tokens(
+    rows: int, n_patches: int, dtype: torch.dtype, gen: torch.Generator
+) -> BackboneOutput:
+    """A BackboneOutput of leaf tensors that require grad (so tests can read their grads)."""
+    cls = torch.randn(rows, HAND_MADE_EMBED, generator=gen, dtype=dtype).requires_grad_()
+    patch = torch.randn(
+        rows, n_patches, HAND_MADE_EMBED, generator=gen, dtype=dtype
+    ).requires_grad_()
+    return BackboneOutput(cls=cls, patch=patch)
+
+
+def hand_made_step(
+    b: int,
+    n_global: int,
+    n_local: int,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    step: int = 0,
+    n_patches: int = 6,
+    block_masks: Tensor | None = None,
+) -> StepOutputs:
+    """StepOutputs of random leaf tensors (embed 12): no backbone, float64 by default, for
+    pinning losses to reference formulas. The teacher's tensors are detached."""
+    gen = torch.Generator().manual_seed(seed)
+    views = Views(batch_size=b, n_global=n_global, n_local=n_local, block_masks=block_masks)
+    student_global = random_tokens(n_global * b, n_patches, dtype, gen)
+    student_local = random_tokens(n_local * b, 2, dtype, gen) if n_local else None
+    teacher = random_tokens(n_global * b, n_patches, dtype, gen)
+    teacher = BackboneOutput(teacher.cls.detach(), teacher.patch.detach())
+    return StepOutputs(
+        views=views,
+        student_global=student_global,
+        student_local=student_local,
+        teacher_global=teacher,
+        student=nn.Identity(),
+        progress=0.0,
+        epoch=step // 10,
+        step=step,
+    )
+
+
+@torch.no_grad()
+def perturb_(module: nn.Module, scale: float = 0.3, seed: int = 1) -> None:
+    """Move a (teacher) head away from its student copy so the two differ."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype) * p.std().clamp_min(0.02))

@@ -190,8 +190,10 @@ class CLIP(ConfiguredObjective):
                 f"objective 'clip': views.text has {len(v.text)} entries for a batch of "
                 f"{v.batch_size} images"
             )
-        image = F.normalize(self.image_projection(self._image_features(out)).float(), dim=-1)
-        text = F.normalize(self.text_projection(self.text_encoder(v.text)).float(), dim=-1)
+        image = self.image_projection(self._image_features(out))
+        text = self.text_projection(self.text_encoder(v.text))
+        acc = torch.promote_types(image.dtype, torch.float32)  # fp32 at least, fp64 kept
+        image, text = F.normalize(image.to(acc), dim=-1), F.normalize(text.to(acc), dim=-1)
         scale = self.logit_scale.clamp(max=math.log(self.options.max_logit_scale)).exp()
         logits = scale * image @ text.T
         labels = torch.arange(logits.shape[0], device=logits.device)

@@ -110,7 +110,8 @@ class _SelfDistillation(ConfiguredObjective):
     @torch.no_grad()
     def _update_center(self, feats: Tensor, protos: Tensor) -> None:
         # The mean of the logits is the mean feature times the prototypes: no [B, K] matrix.
-        batch_center = feats.float().mean(dim=0, keepdim=True) @ protos.float().T
+        acc = torch.promote_types(feats.dtype, torch.float32)  # fp64 stays fp64 (reference tests)
+        batch_center = feats.to(acc).mean(dim=0, keepdim=True) @ protos.to(acc).T
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(batch_center)
             batch_center /= dist.get_world_size()
@@ -201,16 +202,18 @@ class DINO(_SelfDistillation):
         protos, keepalive = self._student_prototypes(self.head, out.step)
 
         s_global = self.head.features(student.cls)
-        s_rows = [s_global] * (ng - 1)
-        # Shift k pairs student crop i with teacher crop i - k: all j != i over k = 1..ng-1.
-        t_rows = [t_crops.roll(k, dims=0).flatten(0, 1) for k in range(1, ng)]
+        total = s_global.new_zeros((), dtype=torch.float32)
+        if ng > 1:
+            # Shift k pairs student crop i with teacher crop i - k: all j != i over k = 1..ng-1.
+            t_rows = torch.cat([t_crops.roll(k, dims=0).flatten(0, 1) for k in range(1, ng)])
+            s_rows = torch.cat([s_global] * (ng - 1))
+            total = total + self._cross_entropy(s_rows, t_rows, protos).sum()
         if local is not None:
-            s_local = self.head.features(local.cls)
-            for j in range(ng):
-                s_rows.append(s_local)
-                t_rows.append(t_crops[j].repeat(nl, 1))
-        ce = self._cross_entropy(torch.cat(s_rows), torch.cat(t_rows), protos)
-        loss = ce.sum() / (b * n_pairs)
+            # [ng, B, K] targets: every local crop against every teacher global crop, no copies.
+            total = (
+                total + self._cross_entropy(self.head.features(local.cls), t_crops, protos).sum()
+            )
+        loss = total / (b * n_pairs)
         if keepalive is not None:
             loss = loss + keepalive
 

@@ -135,9 +135,10 @@ class MAE(ConfiguredObjective):
         index = torch.cat([keep.new_zeros(n, 1), keep + 1], dim=1)
         full = full.scatter(1, index.unsqueeze(-1).expand(-1, -1, d), tokens)
         decoded = self.decoder.decode(self.decoder.add_pos_embed(full))
-        pred = self.decoder_pred(decoded[:, 1:]).float()
-
-        target = patchify(x.float(), p)
+        # The loss in fp32 at least (bf16 autocast upstream), fp64 kept for reference checks.
+        acc = torch.promote_types(x.dtype, torch.float32)
+        pred = self.decoder_pred(decoded[:, 1:]).to(acc)
+        target = patchify(x.to(acc), p)
         if self.options.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
