@@ -1,0 +1,249 @@
+"""Frozen features of a dataset, split into train / validation.
+
+The dataset comes from a data block (the evaluator's own ``data:`` or the recipe's). Its
+own split is used when the adapter has a ``split`` option (``demo_cxr``, ``csv_manifest``
+with a split column); otherwise a seeded random split. Alongside the encoder's CLS and
+patch tokens each :class:`FeatureSet` keeps the raw downsampled pixels (the floors'
+input), the labels, masks and whitelisted metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from medssl.eval.encoder import Encoder, to_unit_float
+from medssl.plugins import Registry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FeatureSet", "Splits", "build_dataset", "extract", "load_splits"]
+
+
+@dataclass
+class FeatureSet:
+    """Features and targets of one split (numpy, rows aligned)."""
+
+    cls: np.ndarray  # [N, D]
+    mean_patch: np.ndarray  # [N, D]
+    pixels: np.ndarray  # [N, s*s] grey pixels in [0, 1], downsampled (floors)
+    patches: np.ndarray | None = None  # [N, Hp, Wp, D]
+    pixel_patches: np.ndarray | None = None  # [N, Hp, Wp, C*p*p] raw patches (seg floor)
+    labels: np.ndarray | None = None  # [N, K] multilabel / [N] multiclass / [N] or [N, K] float
+    masks: np.ndarray | None = None  # [N, H, W] uint8
+    meta: dict[str, list[Any]] = field(default_factory=dict)
+    failures: int = 0
+
+    def __len__(self) -> int:
+        return int(self.cls.shape[0])
+
+    def take(self, index: np.ndarray) -> FeatureSet:
+        pick = lambda a: None if a is None else a[index]  # noqa: E731
+        return replace(
+            self,
+            cls=self.cls[index],
+            mean_patch=self.mean_patch[index],
+            pixels=self.pixels[index],
+            patches=pick(self.patches),
+            pixel_patches=pick(self.pixel_patches),
+            labels=pick(self.labels),
+            masks=pick(self.masks),
+            meta={k: [v[i] for i in index] for k, v in self.meta.items()},
+        )
+
+    def features(self, which: str) -> np.ndarray:
+        if which == "cls":
+            return self.cls
+        if which == "cls+mean_patch":
+            return np.concatenate([self.cls, self.mean_patch], axis=1)
+        raise ValueError(f"features must be 'cls' or 'cls+mean_patch', got {which!r}")
+
+
+@dataclass
+class Splits:
+    train: FeatureSet
+    val: FeatureSet
+    dataset: str  # a readable description of the data and the split
+    task: str | None
+    label_names: list[str]
+    mask_names: list[str] | None
+
+
+def build_dataset(registry: Registry, block: dict[str, Any], where: str) -> Dataset:
+    """Validate a data block with its adapter's ``Options`` and build it."""
+    from pydantic import ValidationError
+
+    from medssl.config import RecipeError, _pydantic_error
+
+    block = dict(block)
+    name = block.pop("name", None)
+    if name is None:
+        raise RecipeError(
+            "required key is missing (the dataset to evaluate on)", None, f"{where}.name"
+        )
+    component = registry.get("dataset", str(name))
+    model = component.options_model
+    if model is not None:
+        try:
+            block = model.model_validate(block).model_dump()
+        except ValidationError as exc:
+            raise _pydantic_error(exc, "", where, list(model.model_fields)) from None
+    try:
+        return component.factory(**block)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise RecipeError(f"dataset {name!r} could not be built: {exc}", None, where) from exc
+
+
+@torch.no_grad()
+def extract(
+    encoder: Encoder,
+    dataset: Dataset,
+    *,
+    image_size: int | None = None,
+    batch_size: int = 32,
+    patches: bool = False,
+    pixel_size: int = 32,
+) -> FeatureSet:
+    """Run the frozen encoder over ``dataset`` (skipping images that fail to load)."""
+    from medssl.data import collate
+
+    size = image_size or encoder.image_size
+    p = encoder.patch_size
+    if size % p:
+        raise ValueError(f"evaluation image_size {size} is not a multiple of the patch size {p}")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    cls, mean_patch, pix, toks, pix_toks, labels, masks = [], [], [], [], [], [], []
+    meta: dict[str, list[Any]] = {}
+    failures = 0
+    backbone = encoder.backbone
+    device = next(backbone.parameters()).device
+    for batch in loader:
+        failures += len(batch.get("failures") or [])
+        if "image" not in batch:
+            continue
+        images = batch["image"]
+        x = encoder.prepare(images, size)
+        out = backbone(x.to(device))
+        cls.append(out.cls.float().cpu())
+        mean_patch.append(out.patch.float().mean(1).cpu())
+        grey = to_unit_float(images).mean(1, keepdim=True)
+        pix.append(F.adaptive_avg_pool2d(grey, pixel_size).flatten(1))
+        if patches:
+            hp = wp = size // p
+            toks.append(out.patch.float().cpu().reshape(len(x), hp, wp, -1).half())
+            # The same grid of raw pixels: the segmentation floor's input.
+            raw = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2)
+            pix_toks.append(raw.reshape(len(x), hp, wp, -1).half())
+        if "label" in batch:
+            labels.append(
+                batch["label"].float() if batch["label"].is_floating_point() else batch["label"]
+            )
+        if "mask" in batch:
+            masks.append(batch["mask"].to(torch.uint8))
+        for key, values in (batch.get("meta") or {}).items():
+            meta.setdefault(key, []).extend(values)
+    if not cls:
+        raise ValueError("no image of the evaluation dataset could be loaded")
+    cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
+    return FeatureSet(
+        cls=cat(cls),
+        mean_patch=cat(mean_patch),
+        pixels=cat(pix),
+        patches=cat(toks),
+        pixel_patches=cat(pix_toks),
+        labels=cat(labels),
+        masks=cat(masks),
+        meta=meta,
+        failures=failures,
+    )
+
+
+def _has_split_option(registry: Registry, block: dict[str, Any]) -> bool:
+    model = registry.get("dataset", str(block.get("name"))).options_model
+    return model is not None and "split" in getattr(model, "model_fields", {})
+
+
+def _subsample(fs: FeatureSet, max_images: int | None, seed: int) -> FeatureSet:
+    if max_images is None or len(fs) <= max_images:
+        return fs
+    index = np.sort(np.random.default_rng(seed).permutation(len(fs))[:max_images])
+    return fs.take(index)
+
+
+def load_splits(
+    encoder: Encoder,
+    registry: Registry,
+    block: dict[str, Any],
+    *,
+    where: str,
+    split: str = "auto",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    image_size: int | None = None,
+    batch_size: int = 32,
+    patches: bool = False,
+    pixel_size: int = 32,
+    max_images: int | None = None,
+    cache: dict[str, Any] | None = None,
+) -> Splits:
+    """Train / validation features of ``block`` (see the module docstring); cached per block."""
+    cache = {} if cache is None else cache
+    key = json.dumps(
+        [block, split, val_fraction, seed, image_size, pixel_size, max_images],
+        sort_keys=True,
+        default=str,
+    )
+    hit = cache.get(key)
+    if hit is not None and (not patches or hit.train.patches is not None):
+        return hit
+    kwargs = dict(
+        image_size=image_size, batch_size=batch_size, patches=patches, pixel_size=pixel_size
+    )
+    name = block.get("name")
+    own_split = split in ("auto", "dataset") and block.get("split") is None
+    datasets: tuple[Dataset, Dataset] | None = None
+    if own_split and _has_split_option(registry, block):
+        try:
+            datasets = (
+                build_dataset(registry, {**block, "split": "train"}, where),
+                build_dataset(registry, {**block, "split": "val"}, where),
+            )
+            described = f"{name} (its own train/val split)"
+        except ValueError as exc:
+            if split == "dataset":
+                raise
+            log.info("%s: no usable dataset split (%s); using a random split", where, exc)
+    elif split == "dataset":
+        raise ValueError(f"{where}: dataset {name!r} has no 'split' option; use split=random")
+    if datasets is not None:
+        train = _subsample(extract(encoder, datasets[0], **kwargs), max_images, seed)
+        val = _subsample(extract(encoder, datasets[1], **kwargs), max_images, seed + 1)
+        reference = datasets[0]
+    else:
+        dataset = build_dataset(registry, block, where)
+        full = extract(encoder, dataset, **kwargs)
+        full = _subsample(full, max_images, seed)
+        order = np.random.default_rng(seed).permutation(len(full))
+        n_val = max(1, int(round(val_fraction * len(full))))
+        if len(full) - n_val < 2:
+            raise ValueError(f"{where}: {len(full)} images are too few to split for a probe")
+        train, val = full.take(np.sort(order[n_val:])), full.take(np.sort(order[:n_val]))
+        described = f"{name} (random {1 - val_fraction:.0%}/{val_fraction:.0%} split, seed {seed})"
+        reference = dataset
+    result = Splits(
+        train=train,
+        val=val,
+        dataset=described,
+        task=getattr(reference, "task", None),
+        label_names=list(getattr(reference, "label_names", None) or []),
+        mask_names=getattr(reference, "mask_names", None),
+    )
+    cache[key] = result
+    return result

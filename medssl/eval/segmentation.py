@@ -1,0 +1,163 @@
+"""``segmentation_probe``: a light decoder on frozen patch tokens, Dice per class.
+
+As DINOv2's linear segmentation evaluation (Oquab et al. 2023, §7.3 "linear": a 1x1
+convolution on the frozen patch tokens, logits upsampled bilinearly to the mask size)
+with an optional small convolutional decoder (3x3 conv, GELU, 1x1 conv). Dice is the mean
+over the validation images that contain the class, per class. The floors: the same
+decoder on the raw pixel patches of the same grid, and the average training mask (the
+per-pixel majority class of the training masks), as the demo dataset card states it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from medssl.eval.base import EvalContext, EvalOptions, EvalResult, Evaluator, Row
+
+__all__ = ["SegmentationProbe", "dice_per_class", "fit_decoder"]
+
+
+def _resize_masks(masks: np.ndarray, size: int) -> Tensor:
+    m = torch.from_numpy(masks.astype(np.int64))[:, None].float()
+    return F.interpolate(m, size=(size, size), mode="nearest")[:, 0].long()
+
+
+def fit_decoder(
+    x_tr: Tensor,
+    m_tr: Tensor,
+    x_va: Tensor,
+    n_classes: int,
+    *,
+    decoder: str = "linear",
+    hidden: int = 64,
+    epochs: int = 60,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Tensor:
+    """Train on ``x_tr [N, D, Hp, Wp]`` against ``m_tr [N, S, S]``; predicted val masks."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    mean = x_tr.mean((0, 2, 3), keepdim=True)
+    std = x_tr.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+    x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
+    d = x_tr.shape[1]
+    model: nn.Module
+    if decoder == "linear":
+        model = nn.Conv2d(d, n_classes, 1)
+    else:
+        model = nn.Sequential(
+            nn.Conv2d(d, hidden, 3, padding=1), nn.GELU(), nn.Conv2d(hidden, n_classes, 1)
+        )
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    size = m_tr.shape[-1]
+    n = len(x_tr)
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=g).split(batch_size):
+            logits = F.interpolate(model(x_tr[idx]), size=(size, size), mode="bilinear")
+            loss = F.cross_entropy(logits, m_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        preds = [
+            F.interpolate(model(x), size=(size, size), mode="bilinear").argmax(1)
+            for x in x_va.split(batch_size)
+        ]
+    return torch.cat(preds)
+
+
+def dice_per_class(pred: Tensor, true: Tensor, classes: list[int]) -> dict[int, float]:
+    """Mean Dice over the images whose true mask contains the class."""
+    out = {}
+    for c in classes:
+        p, t = pred == c, true == c
+        present = t.flatten(1).any(1)
+        if not present.any():
+            continue
+        inter = (p & t).flatten(1).sum(1).float()
+        denom = (p.flatten(1).sum(1) + t.flatten(1).sum(1)).float()
+        dice = 2 * inter / denom.clamp_min(1)
+        out[c] = float(dice[present].mean())
+    return out
+
+
+class SegmentationProbe(Evaluator):
+    """Linear (or small conv) decoder on frozen patch tokens; Dice per class with floors."""
+
+    name = "segmentation_probe"
+
+    class Options(EvalOptions):
+        decoder: Literal["linear", "conv"] = "linear"
+        hidden: int = Field(64, ge=1, description="channels of the conv decoder")
+        epochs: int = Field(60, ge=1)
+        lr: float = Field(1e-2, gt=0)
+        weight_decay: float = Field(1e-4, ge=0)
+        mask_size: int = Field(64, ge=4, description="masks are compared at this size")
+        classes: list[str] | None = Field(
+            None, description="mask classes to report; default: every class but the first"
+        )
+
+    def __call__(self, ctx: EvalContext) -> EvalResult:
+        o = self.options
+        splits = ctx.splits(o, self.name, patches=True)
+        tr, va = splits.train, splits.val
+        if tr.masks is None or va.masks is None:
+            raise ValueError(
+                f"evaluator {self.name!r}: dataset {splits.dataset} has no masks; give it a "
+                "data block with masks (e.g. data: {name: demo_cxr, masks: true})"
+            )
+        assert tr.patches is not None and va.patches is not None
+        assert tr.pixel_patches is not None and va.pixel_patches is not None
+        names = list(splits.mask_names or [])
+        n_classes = max(len(names), int(max(tr.masks.max(), va.masks.max())) + 1)
+        names += [f"class_{c}" for c in range(len(names), n_classes)]
+        if o.classes is not None:
+            unknown = [c for c in o.classes if c not in names]
+            if unknown:
+                raise ValueError(
+                    f"evaluator {self.name!r}: unknown classes {unknown}; known {names}"
+                )
+            classes = [names.index(c) for c in o.classes]
+        else:
+            classes = list(range(1, n_classes))
+        m_tr, m_va = _resize_masks(tr.masks, o.mask_size), _resize_masks(va.masks, o.mask_size)
+        kwargs = dict(
+            decoder=o.decoder,
+            hidden=o.hidden,
+            epochs=o.epochs,
+            lr=o.lr,
+            weight_decay=o.weight_decay,
+            batch_size=o.batch_size,
+            seed=o.seed,
+        )
+        as_nchw = lambda a: torch.from_numpy(a.astype(np.float32)).permute(0, 3, 1, 2)  # noqa: E731
+        pred = fit_decoder(as_nchw(tr.patches), m_tr, as_nchw(va.patches), n_classes, **kwargs)
+        pred_pix = fit_decoder(
+            as_nchw(tr.pixel_patches), m_tr, as_nchw(va.pixel_patches), n_classes, **kwargs
+        )
+        freq = torch.stack([(m_tr == c).float().mean(0) for c in range(n_classes)])
+        average = freq.argmax(0).expand_as(m_va)
+        score = dice_per_class(pred, m_va, classes)
+        pixels = dice_per_class(pred_pix, m_va, classes)
+        trivial = dice_per_class(average, m_va, classes)
+        notes = [f"{names[c]}: not in the validation masks" for c in classes if c not in score]
+        rows = [
+            Row(names[c], "dice", v, {"pixels": pixels[c], "trivial": trivial[c]})
+            for c, v in score.items()
+        ]
+        if len(rows) > 1:
+            mean = lambda d: float(np.mean(list(d.values())))  # noqa: E731
+            rows.append(
+                Row("mean", "dice", mean(score), {"pixels": mean(pixels), "trivial": mean(trivial)})
+            )
+        if not rows:
+            raise ValueError(f"evaluator {self.name!r}: no class to score ({notes})")
+        return EvalResult(self.name, splits.dataset, rows, len(tr), len(va), o.model_dump(), notes)
