@@ -171,9 +171,11 @@ class MultiCropPolicy(BasePolicy):
             return ops.adjust_gamma_(x, factor)
         raise ValueError(f"{self.name}: unknown jitter op {op!r}")
 
-    def _render(self, src: Tensor, group: CropGroup, size: int) -> Tensor:
+    def _render(self, src: Tensor, scale: float, group: CropGroup, size: int) -> Tensor:
         group = group.to(src.device)
-        x = ops.resized_crops(src, group.boxes, group.flips, size, self.options.interpolation)
+        x = ops.resized_crops(
+            src, group.boxes, group.flips, size, self.options.interpolation, scale=scale
+        )
         if self.options.interpolation == "bicubic":
             x.clamp_(0.0, 1.0)  # bicubic overshoots
         x = self._to_grey_if_needed(x)
@@ -213,7 +215,7 @@ class MultiCropPolicy(BasePolicy):
             check_crop_size(o.local_crop_size, patch, "local_crop_size", self.name)
         if request.single_view:
             check_crop_size(o.global_crop_size, patch, "global_crop_size", self.name)
-        src = self._float_source(images)
+        src, scale = self._float_source(images)
         if needs_global:
             group = self._sample_group(
                 self.n_global,
@@ -225,7 +227,7 @@ class MultiCropPolicy(BasePolicy):
                 [0.0, o.solarize_prob],
                 generator,
             )
-            views.global_crops = self._render(src, group, o.global_crop_size)
+            views.global_crops = self._render(src, scale, group, o.global_crop_size)
             views.n_global = self.n_global
             grid = o.global_crop_size // patch
             if request.block_masks is not None:
@@ -243,11 +245,11 @@ class MultiCropPolicy(BasePolicy):
                 [0.0] * o.n_local_crops,
                 generator,
             )
-            views.local_crops = self._render(src, group, o.local_crop_size)
+            views.local_crops = self._render(src, scale, group, o.local_crop_size)
             views.n_local = o.n_local_crops
         if request.single_view:
             views.single_view = self._plain_view(
-                src, o.global_crop_size, o.global_scale, o.ratio, o.hflip_prob, generator
+                src, scale, o.global_crop_size, o.global_scale, o.ratio, o.hflip_prob, generator
             )
         views.mae_masks = self._mae_masks(
             request, batch, o.global_crop_size, generator, images.device

@@ -56,10 +56,12 @@ def resized_crops(
     size: int,
     mode: str = "bilinear",
     backend: str = "auto",
+    scale: float = 1.0,
 ) -> Tensor:
     """Crop boxes out of ``source`` and resample each straight to ``size`` × ``size``.
 
-    ``source`` is ``[B, C, H, W]`` float; ``boxes`` is ``[n, B, 4]`` as ``(top, left,
+    ``source`` is ``[B, C, H, W]`` float, multiplied by ``scale`` on output (so an integer
+    source copied to float as is reaches [0, 1] here, at output size); ``boxes`` is ``[n, B, 4]`` as ``(top, left,
     height, width)`` in whole source pixels and ``flips`` ``[n, B]`` bool (horizontal
     flip). Returns a contiguous crop-major ``[n * B, C, size, size]``. No source pixel is
     touched that no crop needs and nothing full-size is made.
@@ -79,14 +81,14 @@ def resized_crops(
     if backend == "auto":
         backend = "grid" if source.is_cuda else "loop"
     if backend == "grid":
-        return _resized_crops_grid(source, boxes, flips, size, mode)
+        return _resized_crops_grid(source, boxes, flips, size, mode, scale)
     if backend == "loop":
-        return _resized_crops_loop(source, boxes, flips, size, mode)
+        return _resized_crops_loop(source, boxes, flips, size, mode, scale)
     raise ValueError(f"unknown resampling backend {backend!r}; use 'auto', 'grid' or 'loop'")
 
 
 def _resized_crops_grid(
-    source: Tensor, boxes: Tensor, flips: Tensor, size: int, mode: str
+    source: Tensor, boxes: Tensor, flips: Tensor, size: int, mode: str, scale: float
 ) -> Tensor:
     n, batch = boxes.shape[:2]
     height, width = source.shape[-2:]
@@ -104,7 +106,9 @@ def _resized_crops_grid(
     out = F.grid_sample(source, grid, mode=mode, padding_mode="border", align_corners=False)
     channels = source.shape[1]
     out = out.view(batch, channels, n, size, size).permute(2, 0, 1, 3, 4)
-    return out.reshape(n * batch, channels, size, size)
+    contiguous = source.new_empty(n, batch, channels, size, size)
+    torch.mul(out, scale, out=contiguous)  # one pass: reorders crop-major and scales
+    return contiguous.view(n * batch, channels, size, size)
 
 
 @functools.lru_cache(maxsize=4)
@@ -113,7 +117,7 @@ def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _resized_crops_loop(
-    source: Tensor, boxes: Tensor, flips: Tensor, size: int, mode: str
+    source: Tensor, boxes: Tensor, flips: Tensor, size: int, mode: str, scale: float
 ) -> Tensor:
     n, batch = boxes.shape[:2]
     channels = source.shape[1]
@@ -126,7 +130,7 @@ def _resized_crops_loop(
             top, left, box_h, box_w = rows[k]
             crop = source[k % batch, :, top : top + box_h, left : left + box_w].unsqueeze(0)
             resized = F.interpolate(crop, size=(size, size), mode=mode, align_corners=False)[0]
-            out[k] = resized.flip(-1) if flipped[k] else resized
+            torch.mul(resized.flip(-1) if flipped[k] else resized, scale, out=out[k])
 
     workers = max(1, min(torch.get_num_threads(), 8))
     if workers == 1 or n * batch < 2 * workers:
@@ -154,7 +158,8 @@ def adjust_contrast_(x: Tensor, factor: Tensor) -> Tensor:
     grey = x if x.shape[1] == 1 else rgb_to_grey(x)
     mean = grey.mean(dim=(1, 2, 3))
     factor = factor.to(x.dtype)
-    return x.mul_(_per_sample(factor)).add_(_per_sample((1 - factor) * mean)).clamp_(0.0, 1.0)
+    shift = _per_sample((1 - factor) * mean)
+    return torch.addcmul(shift, x, _per_sample(factor), out=x).clamp_(0.0, 1.0)
 
 
 def adjust_gamma_(x: Tensor, gamma: Tensor) -> Tensor:
@@ -213,17 +218,10 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int = 9) -> Tensor:
             f"blur kernel {kernel_size} needs crops larger than {half} px, got {height}×{width}"
         )
     kernel = gaussian_kernels(sigma.to(x.dtype), kernel_size).repeat_interleave(channels, 0)
-    folded = x.reshape(1, n * channels, height, width)
-    folded = F.conv2d(
-        F.pad(folded, (0, 0, half, half), mode="reflect"),
-        kernel.view(n * channels, 1, kernel_size, 1),
-        groups=n * channels,
-    )
-    folded = F.conv2d(
-        F.pad(folded, (half, half, 0, 0), mode="reflect"),
-        kernel.view(n * channels, 1, 1, kernel_size),
-        groups=n * channels,
-    )
+    # Pad once: blurring the reflected columns vertically equals reflecting the blurred ones.
+    folded = F.pad(x.reshape(1, n * channels, height, width), (half,) * 4, mode="reflect")
+    folded = F.conv2d(folded, kernel.view(n * channels, 1, kernel_size, 1), groups=n * channels)
+    folded = F.conv2d(folded, kernel.view(n * channels, 1, 1, kernel_size), groups=n * channels)
     return folded.view(n, channels, height, width)
 
 

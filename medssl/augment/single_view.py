@@ -55,8 +55,8 @@ class SingleViewPolicy(BasePolicy):
         o = self.options
         check_crop_size(o.crop_size, request.patch_size, "crop_size", self.name)
         batch = images.shape[0]
-        src = self._float_source(images)
-        view = self._plain_view(src, o.crop_size, o.scale, o.ratio, o.hflip_prob, generator)
+        src, scale = self._float_source(images)
+        view = self._plain_view(src, scale, o.crop_size, o.scale, o.ratio, o.hflip_prob, generator)
         return Views(
             batch_size=batch,
             single_view=view,
