@@ -75,6 +75,11 @@ class _SelfDistillation(ConfiguredObjective):
     center: Tensor
     name = "objective"
 
+    @property
+    def freeze_last_layer_epochs(self) -> float:
+        """Epochs during which the prototypes get no update (the engine reads this)."""
+        return self.options.freeze_last_layer_epochs
+
     def _teacher_temp(self, step: int) -> float:
         o = self.options
         return teacher_temperature(
@@ -158,7 +163,7 @@ class DINO(_SelfDistillation):
 
         local_crops: bool = Field(True, description="match local crops to the teacher's globals")
         diagnostics_every: int = Field(
-            10, ge=0, description="steps between collapse diagnostics in the metrics (0: never)"
+            1, ge=0, description="steps between teacher-entropy metrics (0: never)"
         )
 
     def setup(self, ctx: ObjectiveContext) -> None:
@@ -220,5 +225,6 @@ class DINO(_SelfDistillation):
         metrics = {"teacher_temp": temp}
         every = self.options.diagnostics_every
         if every and out.step % every == 0:
-            metrics.update(collapse_metrics(probs, student.cls.detach()))
+            # Teacher entropy and prototype usage; the engine adds the CLS spread.
+            metrics.update(collapse_metrics(probs))
         return ObjectiveResult(loss=loss, metrics=metrics)

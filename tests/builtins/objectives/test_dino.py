@@ -161,6 +161,16 @@ def test_last_layer_gets_zero_gradient_while_frozen() -> None:
     assert build("mean", freeze=0).frozen_last_layer_params() == []
 
 
+def test_metrics_carry_teacher_diagnostics() -> None:
+    obj = build("mean")
+    metrics = obj.loss(hand_made_step(4, 2, 2, dtype=torch.float32)).metrics
+    assert 0 < metrics["teacher_entropy_ratio"] <= 1 and 0 < metrics["usage_ratio"] <= 1
+    assert metrics["teacher_temp"] == pytest.approx(TEACHER_TEMP)
+    assert obj.freeze_last_layer_epochs == 0
+    quiet = build("mean", diagnostics_every=0)
+    assert set(quiet.loss(hand_made_step(4, 2, 2, dtype=torch.float32)).metrics) == {"teacher_temp"}
+
+
 def test_heads_shared_and_teacher_is_a_frozen_copy() -> None:
     torch.manual_seed(0)
     ctx = objective_context()
