@@ -172,5 +172,12 @@ from medssl.cli_augment import augment_preview  # noqa: E402
 
 main.add_command(augment_preview)
 
+from medssl.cli_eval import ablate, eval_command, export, visualize  # noqa: E402
+
+main.add_command(eval_command)
+main.add_command(export)
+main.add_command(ablate)
+main.add_command(visualize)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,8 +1,10 @@
-"""Built-in exporters (filled by their issues)."""
+"""Built-in exporters (``medssl export --format NAME``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-EXPORTERS: dict[str, Callable[..., Any]] = {}
+from medssl.export.huggingface import HFExporter
+
+EXPORTERS: dict[str, Callable[..., Any]] = {"hf": HFExporter}

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ __all__ = [
     "hf_to_medssl_state",
     "read_hf_folder",
     "backbone_from_hf_folder",
+    "heads_from_checkpoint",
+    "HFExporter",
 ]
 
 HEADS_FILE = "heads.safetensors"
@@ -458,3 +461,56 @@ def backbone_from_hf_folder(path: str | Path) -> nn.Module:
         layer_scale_init=float(config.get("layerscale_value", 1.0)),
     )
     return load_hf_dinov2_into(model, path)
+
+
+# --------------------------------------------------------------------------- exporter
+
+
+def heads_from_checkpoint(run_dir: str | Path) -> dict[str, Tensor]:
+    """The teacher heads of a run's last valid checkpoint, as ``<objective>_head.*``."""
+    from safetensors.torch import load_file
+
+    from medssl.engine.checkpoint import latest_valid_checkpoint
+
+    latest = latest_valid_checkpoint(Path(run_dir) / "checkpoints")
+    if latest is None:
+        return {}
+    heads: dict[str, Tensor] = {}
+    for key, value in load_file(str(latest / "model.safetensors")).items():
+        parts = key.split(".")
+        # objectives.<name>.teacher_head.<param...>: the teacher is what continued
+        # pre-training starts from, as the exported backbone is the teacher's.
+        if len(parts) > 3 and parts[0] == "objectives" and parts[2] == "teacher_head":
+            heads[f"{parts[1]}_head." + ".".join(parts[3:])] = value
+    return heads
+
+
+class HFExporter:
+    """Export a run's encoder as a Hugging Face ``Dinov2Model`` folder (RAD-DINO's layout)."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        include_heads: bool = Field(
+            True, description="also write the teacher's DINO/iBOT heads to heads.safetensors"
+        )
+
+    def __init__(self, include_heads: bool = True) -> None:
+        self.include_heads = include_heads
+
+    def __call__(
+        self, run_dir: str | Path, out_dir: str | Path, recipe: Any, registry: Any
+    ) -> Path:
+        from medssl.eval.encoder import load_encoder
+
+        encoder = load_encoder(run_dir, recipe, registry)
+        heads = heads_from_checkpoint(run_dir) if self.include_heads else None
+        return export_hf_dinov2(
+            encoder.backbone,
+            out_dir,
+            image_size=encoder.image_size,
+            mean=encoder.mean,
+            std=encoder.std,
+            heads=heads,
+            extra={"exported_from": str(run_dir), "recipe": getattr(recipe, "source", None)},
+        )

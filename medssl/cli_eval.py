@@ -1,0 +1,172 @@
+"""``medssl eval``, ``export``, ``ablate`` and ``visualize`` (click commands)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from medssl.config import RecipeError, ResolvedRecipe, load_recipe
+from medssl.plugins import Registry, UnknownComponentError
+
+__all__ = ["ablate", "eval_command", "export", "visualize"]
+
+
+def _registry() -> Registry:
+    from medssl.cli import _registry as registry
+
+    return registry()
+
+
+def _run_recipe(
+    run_dir: Path, recipe: str | None, overrides: tuple[str, ...], registry: Registry
+) -> ResolvedRecipe | None:
+    """The given recipe, else the run's own config.yaml; None for a bare HF folder."""
+    source = Path(recipe) if recipe else run_dir / "config.yaml"
+    if not source.is_file():
+        if recipe:
+            raise click.ClickException(f"recipe not found: {recipe}")
+        return None
+    try:
+        return load_recipe(source, overrides, registry)
+    except RecipeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("eval")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--recipe", help="Take the evaluators (and data) from this recipe.")
+@click.option(
+    "--evaluator",
+    "-e",
+    "names",
+    multiple=True,
+    help="Run this evaluator with its defaults (repeatable) instead of the recipe's eval: list.",
+)
+@click.option("--out", type=click.Path(file_okay=False), help="Where eval.json/eval.md go.")
+def eval_command(
+    run_dir: str,
+    overrides: tuple[str, ...],
+    recipe: str | None,
+    names: tuple[str, ...],
+    out: str | None,
+) -> None:
+    """Evaluate the frozen encoder of RUN_DIR (a run directory or an exported HF folder).
+
+    Evaluators come from the run's config.yaml (or --recipe), overridable as KEY=VALUE,
+    e.g. eval.0.features=cls+mean_patch; every score is printed with its floors.
+    """
+    from medssl.config import _validate_block
+    from medssl.eval import markdown_table, run_evaluators
+    from medssl.eval.base import EvalResult, Row
+
+    registry = _registry()
+    path = Path(run_dir)
+    resolved = _run_recipe(path, recipe, overrides, registry)
+    if resolved is None and not names:
+        raise click.ClickException(
+            f"{run_dir} has no config.yaml: pass --recipe (its eval: list and data block are "
+            "used) or --evaluator NAME with a recipe giving the data"
+        )
+    specs = None
+    if names:
+        try:
+            specs = [
+                _validate_block(
+                    registry, "evaluator", {"name": n}, f"--evaluator {n}", "command line"
+                )
+                for n in names
+            ]
+        except RecipeError as exc:
+            raise click.ClickException(str(exc)) from None
+    try:
+        payload = run_evaluators(path, resolved, registry, specs=specs, out_dir=out)
+    except (RecipeError, FileNotFoundError, ValueError, UnknownComponentError) as exc:
+        raise click.ClickException(str(exc)) from None
+    results = [
+        EvalResult(**{**r, "rows": [Row(**row) for row in r["rows"]]}) for r in payload["results"]
+    ]
+    click.echo(markdown_table(results))
+    click.echo(f"wrote {Path(out or run_dir) / 'eval.json'} and eval.md")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("options", nargs=-1)
+@click.option("--format", "fmt", default="hf", show_default=True, help="A registered exporter.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+def export(run_dir: str, options: tuple[str, ...], fmt: str, out: str) -> None:
+    """Export the encoder of RUN_DIR (e.g. --format hf: a transformers Dinov2Model folder).
+
+    OPTIONS are the exporter's KEY=VALUE options, e.g. include_heads=false.
+    """
+    from pydantic import ValidationError
+
+    registry = _registry()
+    try:
+        component = registry.get("exporter", fmt)
+    except UnknownComponentError as exc:
+        raise click.ClickException(f"--format: {exc}") from None
+    raw = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.ClickException(f"exporter option {item!r} is not KEY=VALUE")
+        raw[key] = value
+    model = component.options_model
+    try:
+        opts = model.model_validate(raw).model_dump() if model is not None else raw
+    except ValidationError as exc:
+        raise click.ClickException(f"exporter {fmt!r} options: {exc}") from None
+    resolved = _run_recipe(Path(run_dir), None, (), registry)
+    try:
+        folder = component.factory(**opts)(Path(run_dir), Path(out), resolved, registry)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"exported {run_dir} as {fmt} to {folder}")
+
+
+@click.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--vary", multiple=True, help="KEY=V1,V2,... (repeatable: the grid of all).")
+@click.option("--set", "overrides", multiple=True, help="KEY=VALUE applied to every variant.")
+@click.option("--out", default="runs/ablation", show_default=True, type=click.Path(file_okay=False))
+def ablate(
+    recipes: tuple[str, ...], vary: tuple[str, ...], overrides: tuple[str, ...], out: str
+) -> None:
+    """Train and evaluate every variant of RECIPES the same way; table + plot.
+
+    Each RECIPE is a variant, crossed with every --vary grid point. Writes ablation.csv,
+    ablation.md and ablation.png in --out; finished variants are not rerun.
+    """
+    from medssl.ablate import run_ablation
+    from medssl.engine.model import NonFiniteLossError
+
+    registry = _registry()
+    try:
+        run_ablation(recipes, vary, out, registry, overrides)
+    except (RecipeError, ValueError, NonFiniteLossError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo((Path(out) / "ablation.md").read_text())
+    click.echo(f"wrote {out}/ablation.csv, ablation.md, ablation.png")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default="attn.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--size", type=int, help="Input size (default: the encoder's training crop size).")
+def visualize(run_dir: str, image: str, out: str, size: int | None) -> None:
+    """Draw the last layer's CLS self-attention heads of RUN_DIR's encoder over IMAGE."""
+    from medssl.eval.encoder import load_encoder
+    from medssl.visualize import visualize_image
+
+    registry = _registry()
+    resolved = _run_recipe(Path(run_dir), None, (), registry)
+    try:
+        encoder = load_encoder(run_dir, resolved, registry)
+        path = visualize_image(encoder, image, out, size)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {path}")
