@@ -72,13 +72,20 @@ def _tile(buffer: Tensor, rows: int, cols: int) -> Tensor:
     return buffer[: rows * cols].view(rows, cols)
 
 
-def _logits_into(out: Tensor, features: Tensor, w: Tensor, scale: float | None) -> Tensor:
-    """``out = features @ w.T (* scale)``; ``scale=None`` when features are pre-scaled."""
-    if features.dtype == out.dtype:
-        torch.mm(features, w.T, out=out)
-    else:  # low-precision matmul, softmax arithmetic in acc_dtype
-        out.copy_(features @ w.T)
-    return out if scale is None else out.mul_(scale)
+def _logits_into(
+    out: Tensor, features: Tensor, w: Tensor, scale: float | None, neg_shift: Tensor
+) -> Tensor:
+    """``out = features @ w.T (* scale) + neg_shift`` (``neg_shift`` ``[rows, 1]``).
+
+    ``scale=None`` when the features are pre-scaled; then it is one ``addmm`` (the shift
+    rides on the matmul's output write instead of costing a pass over the tile).
+    """
+    if features.dtype == out.dtype and scale is None:
+        return torch.addmm(neg_shift, features, w.T, out=out)
+    out.copy_(features @ w.T)  # low-precision matmul, softmax arithmetic in acc_dtype
+    if scale is not None:
+        out.mul_(scale)
+    return out.add_(neg_shift)
 
 
 def _target_tile(targets: Tensor, k0: int, k1: int, dtype: torch.dtype) -> Tensor:
@@ -94,8 +101,55 @@ def _scaled_features(features: Tensor, inv_t: float) -> tuple[Tensor, float | No
     return features, inv_t
 
 
+def _targets_times_prototypes(targets: Tensor, prototypes: Tensor, chunk: int) -> Tensor:
+    """``sum_t targets[t] @ prototypes``, ``[B_t, D]`` in acc_dtype.
+
+    The target-logit dot of row b is then ``f_b . (p_b W) / tau``: one matmul over the
+    targets instead of a product and a reduction over every ``[B, chunk]`` tile.
+    """
+    t, b_t, k = targets.shape
+    dtype = acc_dtype(prototypes)
+    if targets.dtype == prototypes.dtype == dtype:
+        pw = targets.reshape(t * b_t, k) @ prototypes
+    else:  # mixed / low precision: convert tile by tile, never the whole of either
+        pw = torch.zeros(t * b_t, prototypes.shape[1], dtype=dtype, device=prototypes.device)
+        for k0 in range(0, k, chunk):
+            p = targets[:, :, k0 : k0 + chunk].reshape(t * b_t, -1).to(dtype)
+            pw.addmm_(p, prototypes[k0 : k0 + chunk].to(dtype))
+    return pw.view(t, b_t, -1).sum(dim=0)
+
+
+def _online_logsumexp(f_in: Tensor, scale: float | None, prototypes: Tensor, chunk: int) -> Tensor:
+    """Row log-sum-exp of the logits with a running max (exact for any range of logits)."""
+    rows = f_in.shape[0]
+    acc = {"dtype": acc_dtype(f_in), "device": f_in.device}
+    buf = _tile_buffer(rows, chunk, **acc)
+    zero = torch.zeros(rows, 1, **acc)
+    run_max = torch.full((rows,), -torch.inf, **acc)
+    run_sum = torch.zeros(rows, **acc)
+    for k0 in range(0, prototypes.shape[0], chunk):
+        w = prototypes[k0 : k0 + chunk]
+        s = _logits_into(_tile(buf, rows, w.shape[0]), f_in, w, scale, zero)
+        new_max = torch.maximum(run_max, s.amax(dim=1))
+        run_sum.mul_(torch.exp(run_max - new_max))
+        run_sum.add_(s.sub_(new_max[:, None]).exp_().sum(dim=1))
+        run_max = new_max
+    return run_max + run_sum.log()
+
+
+# exp(-60): a row whose shifted sum falls below this may have lost terms to underflow
+# (fp32 denormals start at exp(-87)), so its log-sum-exp is recomputed with a running max.
+_UNDERFLOW_GUARD = 8.7e-27
+
+
 class _PrototypeCrossEntropy(torch.autograd.Function):
-    """Chunked torch path: holds two ``[B, chunk]`` tiles, never ``[B, K]``."""
+    """Chunked torch path: holds one ``[B, chunk]`` tile, never ``[B, K]``.
+
+    The forward shifts the logits of row b by the Cauchy-Schwarz bound
+    ``|f_b| max_k |w_k| / tau`` (no overflow, no max pass); for the L2-normalised DINO head
+    the bound is ``1 / tau`` and never far above the true max. Rows where the bound is so
+    loose that the sum could underflow are recomputed with a running max.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -112,23 +166,22 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         inv_t = 1.0 / student_temp
         acc = {"dtype": acc_dtype(features), "device": features.device}
         f_in, scale = _scaled_features(features, inv_t)
+        w_norm = torch.linalg.vector_norm(prototypes, dim=1, dtype=acc["dtype"]).max()
+        bound = torch.linalg.vector_norm(features, dim=1, dtype=acc["dtype"]) * (w_norm * inv_t)
+        neg_bound = (-bound)[:, None]
         s_buf = _tile_buffer(rows, chunk, **acc)
-        prod_buf = _tile_buffer(rows, chunk, **acc)
-        run_max = torch.full((rows,), -torch.inf, **acc)
         run_sum = torch.zeros(rows, **acc)
-        dot = torch.zeros(rows, **acc)
         for k0 in range(0, k, chunk):
             w = prototypes[k0 : k0 + chunk]
-            s = _logits_into(_tile(s_buf, rows, w.shape[0]), f_in, w, scale)
-            p = _target_tile(targets, k0, k0 + chunk, s.dtype)
-            prod = _tile(prod_buf, rows, w.shape[0])
-            torch.mul(s.view(n_rep, n_targets, -1), p, out=prod.view(n_rep, n_targets, -1))
-            dot.add_(prod.sum(dim=1))
-            new_max = torch.maximum(run_max, s.amax(dim=1))
-            run_sum.mul_(torch.exp(run_max - new_max))
-            run_sum.add_(s.sub_(new_max[:, None]).exp_().sum(dim=1))
-            run_max = new_max
-        lse = run_max + run_sum.log()
+            s = _logits_into(_tile(s_buf, rows, w.shape[0]), f_in, w, scale, neg_bound)
+            run_sum.add_(s.exp_().sum(dim=1))
+        lse = bound + run_sum.log()
+        loose = run_sum < _UNDERFLOW_GUARD
+        if bool(loose.any()):
+            lse[loose] = _online_logsumexp(f_in[loose], scale, prototypes, chunk)
+        pw = _targets_times_prototypes(targets, prototypes, chunk)
+        f_acc = features.to(acc["dtype"]).view(n_rep, n_targets, -1)
+        dot = torch.linalg.vecdot(f_acc, pw).view(rows) * inv_t
         mass = targets.sum(dim=(0, 2), dtype=acc["dtype"]).repeat(n_rep)
         ctx.save_for_backward(features, prototypes, targets, lse, mass)
         ctx.student_temp = student_temp
@@ -152,14 +205,14 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         row_scale = grad_loss.to(lse.dtype) * inv_t
         softmax_scale = (mass * row_scale)[:, None]
         target_scale = (-row_scale).view(n_rep, n_targets, 1)
-        lse = lse[:, None]
+        neg_lse = (-lse)[:, None]
         g_buf = _tile_buffer(rows, chunk, **acc)
         grad_f = torch.zeros(features.shape, **acc) if need_f else None
         grad_w = torch.empty_like(prototypes) if need_w else None
         for k0 in range(0, k, chunk):
             w = prototypes[k0 : k0 + chunk]
-            g = _logits_into(_tile(g_buf, rows, w.shape[0]), f_in, w, scale)
-            g.sub_(lse).exp_().mul_(softmax_scale)
+            g = _logits_into(_tile(g_buf, rows, w.shape[0]), f_in, w, scale, neg_lse)
+            g.exp_().mul_(softmax_scale)
             p = _target_tile(targets, k0, k0 + chunk, g.dtype)
             g.view(n_rep, n_targets, -1).addcmul_(p, target_scale)
             g_in = g.to(features.dtype)
@@ -273,18 +326,17 @@ def prototype_targets(
             teacher_features, prototypes, temp, centering, center, n_iter
         )
     rows, k = teacher_features.shape[0], prototypes.shape[0]
-    out = torch.empty(rows, k, dtype=acc_dtype(teacher_features), device=teacher_features.device)
+    dtype = acc_dtype(teacher_features)
+    out = torch.empty(rows, k, dtype=dtype, device=teacher_features.device)
     inv_t = 1.0 / temp
-    c = None if center is None else center.reshape(-1).to(out.dtype) * inv_t
+    f_in, scale = _scaled_features(teacher_features, inv_t)
+    if center is None:
+        neg_c = torch.zeros(1, k, dtype=dtype, device=out.device)
+    else:
+        neg_c = center.reshape(1, k).to(dtype) * -inv_t
     for k0 in range(0, k, chunk):
-        tile = out[:, k0 : k0 + chunk]
-        z = teacher_features @ prototypes[k0 : k0 + chunk].T
-        if z.dtype == out.dtype:
-            torch.mul(z, inv_t, out=tile)
-        else:
-            tile.copy_(z).mul_(inv_t)
-        if c is not None:
-            tile.sub_(c[k0 : k0 + chunk])
+        w = prototypes[k0 : k0 + chunk]
+        _logits_into(out[:, k0 : k0 + chunk], f_in, w, scale, neg_c[:, k0 : k0 + chunk])
     if centering == "sinkhorn_knopp":
         out.sub_(global_max(out)).exp_()
         return sinkhorn_normalize_(out, n_iter)

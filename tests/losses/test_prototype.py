@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from medssl.losses import prototype as prototype_module
 from medssl.losses import prototype_cross_entropy, prototype_targets
 from medssl.losses.prototype import default_chunk_size
 
@@ -88,6 +89,33 @@ def test_cross_entropy_crop_broadcast_targets(n_teacher: int) -> None:
     torch.testing.assert_close(loss, want, atol=1e-12, rtol=0)
     torch.testing.assert_close(gf, want_gf, atol=1e-12, rtol=0)
     torch.testing.assert_close(gw, want_gw, atol=1e-12, rtol=0)
+
+
+def test_cross_entropy_loose_bound_falls_back_to_running_max(monkeypatch) -> None:
+    """Unnormalised rows whose logits sit far below |f| max|w| / tau (exp would underflow)."""
+    calls = []
+    exact = prototype_module._online_logsumexp
+    monkeypatch.setattr(
+        prototype_module, "_online_logsumexp", lambda f, *a: calls.append(len(f)) or exact(f, *a)
+    )
+    g = torch.Generator().manual_seed(11)
+    w = F.normalize(torch.randn(90, 8, generator=g, dtype=torch.float64), dim=-1)
+    w[0] *= 40.0  # one long prototype makes the bound loose for rows orthogonal to it
+    f = torch.randn(6, 8, generator=g, dtype=torch.float64) * 5
+    f[:3] -= (f[:3] @ w[0])[:, None] * w[0] / w[0].dot(w[0])
+    p = torch.softmax(torch.randn(6, 90, generator=g, dtype=torch.float64), -1)
+    for dtype in (torch.float64, torch.float32):
+        fr, wr = f.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+        loss = prototype_cross_entropy(fr, p.to(dtype), wr, 0.05, impl="torch", chunk_size=32)
+        gf, gw = torch.autograd.grad(loss.sum(), (fr, wr))
+        want, want_gf, want_gw = eager_loss_and_grads(
+            f, w, p, 0.05, torch.ones(6, dtype=torch.float64)
+        )
+        tol = 1e-10 if dtype == torch.float64 else 1e-3  # |loss| ~ 1e3 here
+        torch.testing.assert_close(loss.double(), want, atol=tol, rtol=1e-6)
+        torch.testing.assert_close(gf.double(), want_gf, atol=tol, rtol=1e-5)
+        torch.testing.assert_close(gw.double(), want_gw, atol=tol, rtol=1e-5)
+    assert len(calls) == 2 and min(calls) >= 3  # at least the orthogonal rows, per dtype
 
 
 def test_cross_entropy_rejects_bad_input() -> None:
