@@ -9,11 +9,14 @@ Throughput is source images per second. Run::
     pytest benchmarks/test_bench_augment.py --benchmark-enable -s
 
 The ratio test measures both interleaved, best of three epochs each, so a shared
-machine's noise hits both alike.
+machine's noise hits both alike. It also reports CPU seconds per image (all of lightly's
+processes, main and workers; all of medssl's threads): on a machine shared with other
+jobs, wall-clock rates drift with the load, CPU time much less.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -53,26 +56,41 @@ class _LightlyDataset(torch.utils.data.Dataset):
         return self.transform(self.images[index % len(self.images)])
 
 
-def _lightly_epoch_fn(sources: np.ndarray) -> tuple[Callable[[], int], Callable[[], None]]:
-    loader = torch.utils.data.DataLoader(
-        _LightlyDataset(sources, N_IMAGES),
-        batch_size=BATCH,
-        num_workers=2,
-        persistent_workers=True,
-        prefetch_factor=2,
-    )
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes (Linux ``/proc``), threads included."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
-    def epoch() -> int:
+
+class _LightlyLoader:
+    """lightly's ``DINOTransform`` per sample in 2 persistent DataLoader workers."""
+
+    def __init__(self, sources: np.ndarray) -> None:
+        self.loader = torch.utils.data.DataLoader(
+            _LightlyDataset(sources, N_IMAGES),
+            batch_size=BATCH,
+            num_workers=2,
+            persistent_workers=True,
+            prefetch_factor=2,
+        )
+
+    def epoch(self) -> int:
         count = 0
-        for views in loader:
+        for views in self.loader:
             assert len(views) == 10 and views[0].shape[1:] == (3, 224, 224)
             count += views[0].shape[0]
         return count
 
-    def close() -> None:
-        del loader._iterator  # shuts the persistent workers down
+    def pids(self) -> list[int]:
+        workers = getattr(self.loader._iterator, "_workers", [])
+        return [os.getpid(), *(w.pid for w in workers)]
 
-    return epoch, close
+    def close(self) -> None:
+        self.loader._iterator._shutdown_workers()
 
 
 def _medssl_epoch_fn(sources: np.ndarray) -> Callable[[], int]:
@@ -94,10 +112,12 @@ def _medssl_epoch_fn(sources: np.ndarray) -> Callable[[], int]:
     return epoch
 
 
-def _images_per_s(epoch: Callable[[], int]) -> float:
-    start = time.perf_counter()
+def _measure(epoch: Callable[[], int], pids: list[int]) -> tuple[float, float]:
+    """(images per second, CPU seconds per image) of one epoch."""
+    cpu, start = _cpu_seconds(pids), time.perf_counter()
     count = epoch()
-    return count / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return count / wall, (_cpu_seconds(pids) - cpu) / count
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +134,12 @@ def two_threads() -> Iterator[None]:
 
 
 def test_lightly_dino_transform(benchmark, sources: np.ndarray, two_threads: None) -> None:
-    epoch, close = _lightly_epoch_fn(sources)
-    epoch()  # starts the workers
+    lightly = _LightlyLoader(sources)
+    lightly.epoch()  # starts the workers
     try:
-        count = benchmark.pedantic(epoch, rounds=3, iterations=1)
+        count = benchmark.pedantic(lightly.epoch, rounds=3, iterations=1)
     finally:
-        close()
+        lightly.close()
     assert count == N_IMAGES
     benchmark.extra_info["images"] = N_IMAGES
 
@@ -134,27 +154,56 @@ def test_medssl_dinov2_multicrop(benchmark, sources: np.ndarray, two_threads: No
 
 def test_ratio_against_lightly(benchmark, sources: np.ndarray, two_threads: None) -> None:
     """Interleaved epochs, best of three each; medssl should reach 2× lightly."""
-    lightly_epoch, close = _lightly_epoch_fn(sources)
+    lightly = _LightlyLoader(sources)
     medssl_epoch = _medssl_epoch_fn(sources)
-    lightly_epoch()
+    lightly.epoch()
     medssl_epoch()
-    lightly_rates, medssl_rates = [], []
+    lightly_runs, medssl_runs = [], []
     try:
         for _ in range(3):
-            lightly_rates.append(_images_per_s(lightly_epoch))
-            medssl_rates.append(_images_per_s(medssl_epoch))
+            lightly_runs.append(_measure(lightly.epoch, lightly.pids()))
+            medssl_runs.append(_measure(medssl_epoch, [os.getpid()]))
     finally:
-        close()
-    ratio = max(medssl_rates) / max(lightly_rates)
+        lightly.close()
+    lightly_rate = max(rate for rate, _ in lightly_runs)
+    medssl_rate = max(rate for rate, _ in medssl_runs)
+    lightly_cpu = min(cpu for _, cpu in lightly_runs)
+    medssl_cpu = min(cpu for _, cpu in medssl_runs)
+    ratio = medssl_rate / lightly_rate
     benchmark.extra_info.update(
-        lightly_images_per_s=round(max(lightly_rates), 1),
-        medssl_images_per_s=round(max(medssl_rates), 1),
+        lightly_images_per_s=round(lightly_rate, 1),
+        medssl_images_per_s=round(medssl_rate, 1),
         ratio=round(ratio, 2),
+        lightly_cpu_ms_per_image=round(lightly_cpu * 1e3, 2),
+        medssl_cpu_ms_per_image=round(medssl_cpu * 1e3, 2),
+        cpu_ratio=round(lightly_cpu / medssl_cpu, 2),
+        load_average=os.getloadavg()[0],
     )
     print(
-        f"\nlightly DINOTransform, 2 workers: {max(lightly_rates):.0f} images/s; "
-        f"medssl dinov2_multicrop, 2 threads: {max(medssl_rates):.0f} images/s; "
-        f"ratio {ratio:.2f}"
+        f"\nlightly DINOTransform, 2 workers: {lightly_rate:.0f} images/s, "
+        f"{lightly_cpu * 1e3:.2f} CPU-ms/image; medssl dinov2_multicrop, 2 threads: "
+        f"{medssl_rate:.0f} images/s, {medssl_cpu * 1e3:.2f} CPU-ms/image; ratio {ratio:.2f} "
+        f"(CPU time: {lightly_cpu / medssl_cpu:.2f}); load average {os.getloadavg()[0]:.1f}"
     )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     assert ratio >= 2.0, f"medssl reached only {ratio:.2f}× lightly's images/s"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_dinov2_multicrop(benchmark) -> None:
+    """Source images per second on the GPU (goal: ≥ 5,000 on an H100)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_augment", Path(__file__).with_name("gpu_augment.py")
+    )
+    assert spec is not None and spec.loader is not None
+    gpu_augment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_augment)
+    measure = gpu_augment.measure
+    result = benchmark.pedantic(lambda: measure(batch=256, iters=10), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    print(f"\n{result}")
+    assert result["images_per_s"] > 0

@@ -39,7 +39,7 @@ from torch import Tensor
 from medssl.augment import ops
 from medssl.augment.base import BasePolicy, PolicyOptions, check_crop_size
 from medssl.augment.masks import block_masks
-from medssl.augment.params import bernoulli, resized_crop_boxes, uniform
+from medssl.augment.params import bernoulli, host_generator, resized_crop_boxes, uniform
 from medssl.types import ViewRequest, Views
 
 __all__ = ["DINOv2MultiCrop", "MultiCropOptions", "MultiCropPolicy"]
@@ -171,8 +171,10 @@ class MultiCropPolicy(BasePolicy):
             return ops.adjust_gamma_(x, factor)
         raise ValueError(f"{self.name}: unknown jitter op {op!r}")
 
-    def _render(self, src: Tensor, scale: float, group: CropGroup, size: int) -> Tensor:
-        group = group.to(src.device)
+    def _render(self, src: Tensor, scale: float, host: CropGroup, size: int) -> Tensor:
+        # Decisions read the host copy of the parameters: no device synchronisation.
+        group = host.to(src.device)
+        device = src.device
         x = ops.resized_crops(
             src, group.boxes, group.flips, size, self.options.interpolation, scale=scale
         )
@@ -181,18 +183,16 @@ class MultiCropPolicy(BasePolicy):
         x = self._to_grey_if_needed(x)
         for op in group.order:
             x = self._jitter(x, op, group.factors[op])
-        if x.shape[1] == 3 and bool(group.grayscale.any()):
-            rows = group.grayscale.nonzero().flatten()
+        if x.shape[1] == 3 and bool(host.grayscale.any()):
+            rows = host.grayscale.nonzero().flatten().to(device)
             x[rows] = ops.rgb_to_grey(x[rows]).expand(-1, 3, -1, -1)
-        if bool(group.blur.any()):
-            if bool(group.blur.all()):
-                x = ops.gaussian_blur(x, group.sigma, self.options.blur_kernel_size)
-            else:
-                rows = group.blur.nonzero().flatten()
-                x[rows] = ops.gaussian_blur(
-                    x[rows], group.sigma[rows], self.options.blur_kernel_size
-                )
-        ops.solarize_(x, group.solarize, self.options.solarize_threshold)
+        if bool(host.blur.all()):
+            x = ops.gaussian_blur(x, group.sigma, self.options.blur_kernel_size)
+        elif bool(host.blur.any()):
+            rows = host.blur.nonzero().flatten().to(device)
+            x[rows] = ops.gaussian_blur(x[rows], group.sigma[rows], self.options.blur_kernel_size)
+        if bool(host.solarize.any()):
+            ops.solarize_(x, host.solarize, self.options.solarize_threshold)
         return self._normalize(x)
 
     # -- the policy ---------------------------------------------------------------------
@@ -204,6 +204,7 @@ class MultiCropPolicy(BasePolicy):
         text: list[str] | None = None,
     ) -> Views:
         images = self._check_request(images, request)
+        generator = host_generator(generator)
         o = self.options
         batch, _, height, width = images.shape
         patch = request.patch_size

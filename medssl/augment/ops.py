@@ -186,7 +186,7 @@ def solarize_(x: Tensor, apply: Tensor, threshold: float = 0.5) -> Tensor:
 
     Only the flagged images are read and written.
     """
-    rows = apply.to(torch.bool).nonzero().flatten().to(x.device)
+    rows = apply.to(torch.bool).nonzero().flatten().to(x.device)  # synchronises on a GPU
     if rows.numel():
         picked = x[rows]
         x[rows] = torch.where(picked >= threshold, 1.0 - picked, picked)

@@ -1,9 +1,10 @@
 """Random parameters of a batch, sampled in bulk from one :class:`torch.Generator`.
 
 Policies draw every random number here (crop boxes, flips, jitter factors, blur sigmas,
-solarise flags) as tensors on the generator's device, then move the small parameter
-tensors to the images' device. So a seed fixes the views whatever device runs the ops,
-and Kornia's random modules (which read the global RNG) are not needed.
+solarise flags) as small CPU tensors, then move them to the images' device. A generator
+on a GPU seeds a CPU one once per call (:func:`host_generator`), so decisions such as
+"which crops get blurred" never wait for the device, and a seed fixes the views whatever
+device runs the ops. Kornia's random modules (which read the global RNG) are not needed.
 """
 
 from __future__ import annotations
@@ -13,11 +14,23 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["bernoulli", "generator_device", "resized_crop_boxes", "uniform"]
+__all__ = ["bernoulli", "generator_device", "host_generator", "resized_crop_boxes", "uniform"]
 
 
 def generator_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
+
+
+def host_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """A CPU generator: ``generator`` itself, or one seeded from a device generator.
+
+    ``None`` stays ``None`` (torch's global CPU RNG). A device generator is read once
+    (one synchronisation per batch) and advances, so successive calls differ.
+    """
+    if generator is None or generator.device.type == "cpu":
+        return generator
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item()
+    return torch.Generator().manual_seed(int(seed))
 
 
 def uniform(

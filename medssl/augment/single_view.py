@@ -15,6 +15,7 @@ from pydantic import Field
 from torch import Tensor
 
 from medssl.augment.base import BasePolicy, PolicyOptions, check_crop_size
+from medssl.augment.params import host_generator
 from medssl.types import ViewRequest, Views
 
 __all__ = ["CLIPView", "MAEView", "SingleViewPolicy"]
@@ -46,6 +47,7 @@ class SingleViewPolicy(BasePolicy):
         text: list[str] | None = None,
     ) -> Views:
         images = self._check_request(images, request)
+        generator = host_generator(generator)
         if request.global_crops or request.local_crops or request.block_masks is not None:
             raise ValueError(
                 f"{self.name}: this policy makes one view per image, but the request asks "

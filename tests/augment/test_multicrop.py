@@ -139,3 +139,28 @@ def test_single_view_policy_request_is_refused_by_views() -> None:
     policy = DINOv2MultiCrop(global_crop_size=16, local_crop_size=8)
     with pytest.raises(ValueError, match="ViewRequest"):
         policy(_images(), {"global_crops": True})
+
+
+def test_host_generator() -> None:
+    from medssl.augment.params import host_generator
+
+    cpu = torch.Generator().manual_seed(0)
+    assert host_generator(cpu) is cpu and host_generator(None) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_views_match_the_cpu_grid_backend() -> None:
+    """On CUDA: a CUDA generator gives reproducible views; with one seed, the CPU and
+    the GPU draw the same parameters (the GPU resamples with the grid backend)."""
+    policy = DINOv2MultiCrop(global_crop_size=16, local_crop_size=8, blur_probs=(0, 0, 0))
+    request = ViewRequest(
+        global_crops=True, local_crops=True, block_masks=BlockMaskSpec(), patch_size=4
+    )
+    images = _images().cuda()
+    a = policy(images, request, torch.Generator(device="cuda").manual_seed(0))
+    b = policy(images, request, torch.Generator(device="cuda").manual_seed(0))
+    torch.testing.assert_close(a.global_crops, b.global_crops)
+    assert torch.equal(a.block_masks, b.block_masks) and a.block_masks.is_cuda
+    cpu = policy(images.cpu(), request, torch.Generator().manual_seed(0))
+    assert cpu.global_crops.shape == a.global_crops.shape
