@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from medssl.builtins.objectives.base import ConfiguredObjective
-from medssl.builtins.objectives.heads import DINOHead, build_teacher_head
+from medssl.builtins.objectives.heads import DINOHead, build_teacher_head, load_dinov2_head
 from medssl.engine.diagnostics import collapse_metrics
 from medssl.engine.schedules import teacher_temperature
 from medssl.losses import prototype_cross_entropy, prototype_targets
@@ -66,6 +66,10 @@ class HeadOptions(BaseModel):
     hidden_dim: int = Field(2048, ge=1)
     bottleneck_dim: int = Field(256, ge=1)
     n_layers: int = Field(3, ge=1)
+    head_init: str | None = Field(
+        None,
+        description="a DINOv2 / medssl checkpoint to start the head (student and teacher) from",
+    )
 
 
 class _SelfDistillation(ConfiguredObjective):
@@ -138,6 +142,14 @@ class _SelfDistillation(ConfiguredObjective):
         )
 
 
+def build_head(ctx: ObjectiveContext, o: HeadOptions, prefix: str) -> DINOHead:
+    """The student head of the options, loaded from ``o.head_init`` when given."""
+    head = DINOHead(ctx.embed_dim, o.prototypes, o.hidden_dim, o.bottleneck_dim, o.n_layers)
+    if o.head_init is not None:
+        load_dinov2_head(head, o.head_init, prefix)
+    return head
+
+
 def _check_output(name: str, what: str, out: BackboneOutput | None, rows: int) -> BackboneOutput:
     if out is None:
         raise ValueError(f"objective {name!r}: StepOutputs.{what} is None, but {name} needs it")
@@ -169,9 +181,7 @@ class DINO(_SelfDistillation):
     def setup(self, ctx: ObjectiveContext) -> None:
         super().setup(ctx)
         o = self.options
-        self.head = DINOHead(
-            ctx.embed_dim, o.prototypes, o.hidden_dim, o.bottleneck_dim, o.n_layers
-        )
+        self.head = build_head(ctx, o, "dino_head")
         self.teacher_head = build_teacher_head(self.head)
         self.register_buffer("center", torch.zeros(1, o.prototypes))
         ctx.shared["dino_head"] = self.head

@@ -104,3 +104,64 @@ def _hidden_dim(head: DINOHead) -> int:
     assert isinstance(first, nn.Linear)
     # With one layer the hidden size is unused; any positive value rebuilds the same head.
     return first.out_features if len(head.mlp) > 1 else 1
+
+
+def load_dinov2_head(head: DINOHead, path: str, prefix: str = "dino_head") -> None:
+    """Load a head saved by facebookresearch/dinov2 (or by medssl) from ``path``.
+
+    Accepts ``.safetensors`` or ``.pth``/``.pt`` files (read with ``weights_only=True``):
+    a bare head state dict, or a checkpoint whose keys carry ``{prefix}.``, optionally under
+    ``teacher.`` / ``student.`` (the teacher's head is preferred, as DINOv2 evaluates the
+    teacher), or nested under a ``"teacher"`` / ``"model"`` entry. The weight-normalised last
+    layer may be stored as ``weight_g``/``weight_v`` (``torch.nn.utils.weight_norm``) or
+    ``parametrizations.weight.original0/1``; its gain must be 1, as DINOv2 fixes it.
+    """
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"head_init: {path!r} is not a file")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        raw: object = load_file(str(file))
+    else:
+        raw = torch.load(str(file), map_location="cpu", weights_only=True)
+    if isinstance(raw, dict):
+        for key in ("teacher", "model"):
+            if isinstance(raw.get(key), dict):
+                raw = raw[key]
+                break
+    if not isinstance(raw, dict):
+        raise ValueError(f"head_init: {path!r} holds no state dict")
+    state = _head_entries(raw, prefix)
+    if not state:
+        raise ValueError(f"head_init: {path!r} has no '{prefix}.*' (or bare head) entries")
+    gain = state.pop(
+        "last_layer.weight_g", state.pop("last_layer.parametrizations.weight.original0", None)
+    )
+    if gain is not None and not torch.allclose(
+        gain.float(), torch.ones_like(gain, dtype=torch.float32)
+    ):
+        raise ValueError(
+            f"head_init: {path!r} has a last-layer gain other than 1; medssl's head fixes it "
+            "at 1 as DINOv2 does"
+        )
+    for old in ("last_layer.weight_v", "last_layer.parametrizations.weight.original1"):
+        if old in state:
+            state["last_layer.weight"] = state.pop(old)
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"head_init: {path!r} does not fit this head: {exc}") from exc
+
+
+def _head_entries(raw: dict, prefix: str) -> dict[str, Tensor]:
+    for outer in ("teacher.", "student.", ""):
+        start = f"{outer}{prefix}."
+        found = {k[len(start) :]: v for k, v in raw.items() if k.startswith(start)}
+        if found:
+            return found
+    if any(k.startswith(("mlp.", "last_layer.")) for k in raw):
+        return {k: v for k, v in raw.items() if k.startswith(("mlp.", "last_layer."))}
+    return {}

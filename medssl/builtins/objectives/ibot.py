@@ -22,6 +22,7 @@ from medssl.builtins.objectives.dino import (
     TeacherOptions,
     _check_output,
     _SelfDistillation,
+    build_head,
 )
 from medssl.builtins.objectives.heads import DINOHead, build_teacher_head
 from medssl.types import (
@@ -68,9 +69,7 @@ class IBOT(_SelfDistillation):
         shared = ctx.shared.get("dino_head"), ctx.shared.get("dino_teacher_head")
         self.owns_head = o.separate_head or shared[0] is None or shared[1] is None
         if self.owns_head:
-            self.head = DINOHead(
-                ctx.embed_dim, o.prototypes, o.hidden_dim, o.bottleneck_dim, o.n_layers
-            )
+            self.head = build_head(ctx, o, "ibot_head")
             self.teacher_head = build_teacher_head(self.head)
             k = o.prototypes
         else:

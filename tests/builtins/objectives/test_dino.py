@@ -9,7 +9,6 @@ from lightly.loss import DINOLoss
 from torch import Tensor
 
 from medssl.builtins.objectives import DINO
-from medssl.builtins.objectives.heads import DINOHead
 from medssl.testing.objectives import hand_made_step, objective_context, perturb_
 
 K = 32
@@ -186,20 +185,6 @@ def test_heads_shared_and_teacher_is_a_frozen_copy() -> None:
         obj.head.state_dict().items(), obj.teacher_head.state_dict().items(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-
-
-def test_head_layout_and_weight_norm() -> None:
-    head = DINOHead(12, prototypes=K, hidden_dim=16, bottleneck_dim=8, n_layers=3)
-    assert [type(m).__name__ for m in head.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
-    torch.testing.assert_close(head.prototypes.norm(dim=1), torch.ones(K))
-    x = torch.randn(4, 12)
-    weight_normed = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(8, K, bias=False))
-    with torch.no_grad():
-        weight_normed.parametrizations.weight.original0.fill_(1.0)  # gain fixed at 1 (DINOv2)
-        weight_normed.parametrizations.weight.original1.copy_(head.last_layer.weight)
-    expected = weight_normed(F.normalize(head.mlp(x), dim=-1))
-    torch.testing.assert_close(head(x), expected)
-    assert sum(isinstance(m, torch.nn.Linear) for m in DINOHead(12, 8, n_layers=1).mlp) == 1
 
 
 def test_no_pairs_is_an_error() -> None:

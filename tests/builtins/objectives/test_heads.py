@@ -1,0 +1,114 @@
+"""The DINO head's layout, and loading heads saved by facebookresearch/dinov2."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medssl.builtins.objectives import DINO, IBOT
+from medssl.builtins.objectives.heads import DINOHead, load_dinov2_head
+from medssl.testing.objectives import objective_context
+
+K, BOTTLENECK, HIDDEN, EMBED = 32, 8, 16, 12
+
+
+class DINOv2StyleHead(nn.Module):
+    """dinov2/layers/dino_head.py's layout: old-style ``weight_norm`` with the gain fixed at 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(EMBED, HIDDEN),
+            nn.GELU(),
+            nn.Linear(HIDDEN, HIDDEN),
+            nn.GELU(),
+            nn.Linear(HIDDEN, BOTTLENECK),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm
+            self.last_layer = nn.utils.weight_norm(nn.Linear(BOTTLENECK, K, bias=False))
+        self.last_layer.weight_g.data.fill_(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
+
+
+def save_checkpoint(tmp_path: Path, head: nn.Module, prefix: str = "dino_head") -> Path:
+    state = {f"{prefix}.{k}": v for k, v in head.state_dict().items()}
+    state["backbone.cls_token"] = torch.zeros(1, 1, EMBED)
+    path = tmp_path / "teacher_checkpoint.pth"
+    torch.save({"teacher": state}, path)
+    return path
+
+
+def test_head_layout_and_weight_norm() -> None:
+    head = DINOHead(EMBED, prototypes=K, hidden_dim=HIDDEN, bottleneck_dim=BOTTLENECK, n_layers=3)
+    assert [type(m).__name__ for m in head.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
+    torch.testing.assert_close(head.prototypes.norm(dim=1), torch.ones(K))
+    x = torch.randn(4, EMBED)
+    weight_normed = torch.nn.utils.parametrizations.weight_norm(
+        torch.nn.Linear(BOTTLENECK, K, bias=False)
+    )
+    with torch.no_grad():
+        weight_normed.parametrizations.weight.original0.fill_(1.0)  # gain fixed at 1 (DINOv2)
+        weight_normed.parametrizations.weight.original1.copy_(head.last_layer.weight)
+    expected = weight_normed(F.normalize(head.mlp(x), dim=-1))
+    torch.testing.assert_close(head(x), expected)
+    assert sum(isinstance(m, torch.nn.Linear) for m in DINOHead(EMBED, 8, n_layers=1).mlp) == 1
+
+
+def test_dino_starts_from_a_dinov2_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    reference = DINOv2StyleHead()
+    path = save_checkpoint(tmp_path, reference)
+    dino = DINO(prototypes=K, hidden_dim=HIDDEN, bottleneck_dim=BOTTLENECK, head_init=str(path))
+    dino.setup(objective_context())
+    x = torch.randn(5, EMBED)
+    with torch.no_grad():
+        expected = reference(x)
+    torch.testing.assert_close(dino.head(x), expected)
+    torch.testing.assert_close(dino.teacher_head(x), expected)
+
+
+def test_ibot_own_head_loads_the_ibot_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    reference = DINOv2StyleHead()
+    path = save_checkpoint(tmp_path, reference, prefix="ibot_head")
+    ibot = IBOT(prototypes=K, hidden_dim=HIDDEN, bottleneck_dim=BOTTLENECK, head_init=str(path))
+    ibot.setup(objective_context())
+    x = torch.randn(3, EMBED)
+    torch.testing.assert_close(ibot.head(x), reference(x).detach())
+
+
+def test_bad_head_checkpoints(tmp_path: Path) -> None:
+    head = DINOHead(EMBED, prototypes=K, hidden_dim=HIDDEN, bottleneck_dim=BOTTLENECK)
+    with pytest.raises(FileNotFoundError, match="head_init"):
+        load_dinov2_head(head, str(tmp_path / "absent.pth"))
+    reference = DINOv2StyleHead()
+    reference.last_layer.weight_g.data.fill_(2)
+    with pytest.raises(ValueError, match="gain other than 1"):
+        load_dinov2_head(head, str(save_checkpoint(tmp_path, reference)))
+    other = DINOHead(EMBED, prototypes=2 * K, hidden_dim=HIDDEN, bottleneck_dim=BOTTLENECK)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_dinov2_head(other, str(save_checkpoint(tmp_path, DINOv2StyleHead())))
+    torch.save({"backbone.x": torch.zeros(1)}, tmp_path / "nohead.pth")
+    with pytest.raises(ValueError, match="no 'dino_head"):
+        load_dinov2_head(head, str(tmp_path / "nohead.pth"))
+
+
+def test_medssl_head_round_trips_through_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    head = DINOHead(EMBED, prototypes=K, hidden_dim=HIDDEN, bottleneck_dim=BOTTLENECK)
+    save_file(
+        {f"dino_head.{k}": v for k, v in head.state_dict().items()}, tmp_path / "h.safetensors"
+    )
+    fresh = DINOHead(EMBED, prototypes=K, hidden_dim=HIDDEN, bottleneck_dim=BOTTLENECK)
+    load_dinov2_head(fresh, str(tmp_path / "h.safetensors"))
+    x = torch.randn(2, EMBED)
+    torch.testing.assert_close(fresh(x), head(x))
