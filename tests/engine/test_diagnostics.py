@@ -61,8 +61,7 @@ def test_feature_spread() -> None:
     assert effective_rank(healthy).item() > 25
     rank_one = torch.randn(256, 1, generator=gen) * torch.randn(1, 32, generator=gen)
     assert effective_rank(rank_one).item() == pytest.approx(1.0, abs=1e-4)  # fp32 input
-    assert classify(collapse_metrics(student_cls=collapsed)) == "one-hot"
-    assert classify(collapse_metrics(student_cls=healthy)) == "ok"
+    assert classify(collapse_metrics(student_cls=collapsed)) == "ok"  # reported, not judged
     assert math.isnan(effective_rank(torch.full((4, 3), math.nan)).item())
     assert math.isnan(feature_std(healthy[:1]).item())
 
