@@ -120,7 +120,10 @@ class BasePolicy:
         if buffer is None:
             buffer = torch.empty(images.shape, device=images.device)
             self._buffers = {key: buffer}
-        return buffer.copy_(images), scale
+        try:
+            return buffer.copy_(images), scale
+        except RuntimeError:  # uint16 casts are missing on some devices/torch builds
+            return buffer.copy_(images.to(torch.int32)), scale
 
     def _normalize(self, x: Tensor) -> Tensor:
         mean = torch.tensor(self.mean, device=x.device)

@@ -150,9 +150,8 @@ def test_host_generator() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_views_match_the_cpu_grid_backend() -> None:
-    """On CUDA: a CUDA generator gives reproducible views; with one seed, the CPU and
-    the GPU draw the same parameters (the GPU resamples with the grid backend)."""
+def test_cuda_views_are_reproducible() -> None:
+    """On CUDA: a CUDA generator gives reproducible views and masks on the device."""
     policy = DINOv2MultiCrop(global_crop_size=16, local_crop_size=8, blur_probs=(0, 0, 0))
     request = ViewRequest(
         global_crops=True, local_crops=True, block_masks=BlockMaskSpec(), patch_size=4
