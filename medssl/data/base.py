@@ -169,6 +169,8 @@ class FileDataset(Dataset):
         return sample
 
     def __getitem__(self, index: int) -> dict[str, Any] | LoadFailure:
+        if not -len(self.records) <= index < len(self.records):
+            raise IndexError(f"index {index} out of range for {len(self.records)} samples")
         try:
             return self.load(index)
         except MemoryError:

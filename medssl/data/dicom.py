@@ -67,9 +67,8 @@ def _decode(ds) -> np.ndarray:  # noqa: ANN001
         name = getattr(ts, "name", str(ts))
         if ts is not None and getattr(ts, "is_compressed", False):
             raise DicomReadError(
-                f"no installed decoder handles transfer syntax {name!r}; install one of "
-                "pylibjpeg + pylibjpeg-libjpeg/-openjpeg, python-gdcm or pillow "
-                f"({str(exc).splitlines()[0]})"
+                f"no installed decoder for transfer syntax {name!r}; install pylibjpeg with "
+                "pylibjpeg-libjpeg / pylibjpeg-openjpeg, or python-gdcm"
             ) from exc
         raise DicomReadError(f"pixel data cannot be decoded: {exc}") from exc
 
