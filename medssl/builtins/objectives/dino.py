@@ -6,8 +6,10 @@ centred (softmax with a running mean centre, or Sinkhorn-Knopp) at a temperature
 warms up linearly, is the target of the student's head output at temperature 0.1. Student
 global crop ``i`` is matched to every teacher global crop ``j != i`` (with two crops: the
 swap), every local crop to every teacher global crop, and the loss is the sum of the
-per-pair batch means divided by the number of pairs. The head's last layer (the
-prototypes) gets no gradient during the first ``freeze_last_layer_epochs``.
+per-pair batch means divided by the number of pairs (without local crops DINOv2 divides
+by 3 for its 2 pairs, since its local-term count is at least 1; here by 2, as lightly
+does). The head's last layer (the prototypes) gets no gradient during the first
+``freeze_last_layer_epochs``.
 
 The prototype projection and cross-entropy run through :mod:`medssl.losses`'s fused head,
 so the ``[B, 65536]`` logits are never materialised on the student side.
