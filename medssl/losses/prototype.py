@@ -88,12 +88,6 @@ def _logits_into(
     return out.add_(neg_shift)
 
 
-def _target_tile(targets: Tensor, k0: int, k1: int, dtype: torch.dtype) -> Tensor:
-    """``[B_t, k1 - k0]`` tile of the targets ``[T, B_t, K]``, summed over the T crops."""
-    p = targets[:, :, k0:k1]
-    return p[0].to(dtype) if p.shape[0] == 1 else p.sum(dim=0, dtype=dtype)
-
-
 def _scaled_features(features: Tensor, inv_t: float) -> tuple[Tensor, float | None]:
     """Fold 1/tau into the (small) features when that adds no rounding; else scale tiles."""
     if features.dtype == acc_dtype(features):
@@ -101,22 +95,22 @@ def _scaled_features(features: Tensor, inv_t: float) -> tuple[Tensor, float | No
     return features, inv_t
 
 
-def _targets_times_prototypes(targets: Tensor, prototypes: Tensor, chunk: int) -> Tensor:
-    """``sum_t targets[t] @ prototypes``, ``[B_t, D]`` in acc_dtype.
+def _fast_path(*tensors: Tensor) -> bool:
+    """All in one full-precision dtype: whole-matrix matmuls over the targets are exact."""
+    return len({t.dtype for t in tensors}) == 1 and tensors[0].dtype == acc_dtype(tensors[0])
 
-    The target-logit dot of row b is then ``f_b . (p_b W) / tau``: one matmul over the
-    targets instead of a product and a reduction over every ``[B, chunk]`` tile.
-    """
+
+def _targets_times_prototypes(targets: Tensor, prototypes: Tensor, chunk: int) -> Tensor:
+    """``targets[t] @ prototypes`` for every teacher crop t: ``[T, B_t, D]`` in acc_dtype."""
     t, b_t, k = targets.shape
     dtype = acc_dtype(prototypes)
-    if targets.dtype == prototypes.dtype == dtype:
-        pw = targets.reshape(t * b_t, k) @ prototypes
-    else:  # mixed / low precision: convert tile by tile, never the whole of either
-        pw = torch.zeros(t * b_t, prototypes.shape[1], dtype=dtype, device=prototypes.device)
-        for k0 in range(0, k, chunk):
-            p = targets[:, :, k0 : k0 + chunk].reshape(t * b_t, -1).to(dtype)
-            pw.addmm_(p, prototypes[k0 : k0 + chunk].to(dtype))
-    return pw.view(t, b_t, -1).sum(dim=0)
+    if _fast_path(targets, prototypes):
+        return (targets.reshape(t * b_t, k) @ prototypes).view(t, b_t, -1)
+    pw = torch.zeros(t * b_t, prototypes.shape[1], dtype=dtype, device=prototypes.device)
+    for k0 in range(0, k, chunk):  # convert tile by tile, never the whole of either
+        p = targets[:, :, k0 : k0 + chunk].reshape(t * b_t, -1).to(dtype)
+        pw.addmm_(p, prototypes[k0 : k0 + chunk].to(dtype))
+    return pw.view(t, b_t, -1)
 
 
 def _online_logsumexp(f_in: Tensor, scale: float | None, prototypes: Tensor, chunk: int) -> Tensor:
@@ -143,12 +137,16 @@ _UNDERFLOW_GUARD = 8.7e-27
 
 
 class _PrototypeCrossEntropy(torch.autograd.Function):
-    """Chunked torch path: holds one ``[B, chunk]`` tile, never ``[B, K]``.
+    """Chunked torch path: one ``[B, chunk]`` tile at a time, never ``[B, K]``.
 
+    Rows are ``n`` crops x ``B_t`` images; the target of crop c, image b is
+    ``sum_t weights[c, t] * targets[t, b]``. Everything that involves the targets is a
+    matmul over them (``p W`` for the target-logit dot and the feature gradient,
+    ``p^T (g f)`` for the prototype gradient), so the tiles carry only the softmax part.
     The forward shifts the logits of row b by the Cauchy-Schwarz bound
     ``|f_b| max_k |w_k| / tau`` (no overflow, no max pass); for the L2-normalised DINO head
-    the bound is ``1 / tau`` and never far above the true max. Rows where the bound is so
-    loose that the sum could underflow are recomputed with a running max.
+    that is ``1 / tau``, never far above the true max. Rows where the bound is so loose that
+    the sum could underflow are recomputed with a running max.
     """
 
     @staticmethod
@@ -157,12 +155,12 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         features: Tensor,
         prototypes: Tensor,
         targets: Tensor,
+        weights: Tensor,
         student_temp: float,
         chunk: int,
     ) -> Tensor:
         rows, k = features.shape[0], prototypes.shape[0]
-        n_targets = targets.shape[1]
-        n_rep = rows // n_targets
+        n_crops, n_targets = weights.shape[0], targets.shape[1]
         inv_t = 1.0 / student_temp
         acc = {"dtype": acc_dtype(features), "device": features.device}
         f_in, scale = _scaled_features(features, inv_t)
@@ -175,57 +173,70 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
             w = prototypes[k0 : k0 + chunk]
             s = _logits_into(_tile(s_buf, rows, w.shape[0]), f_in, w, scale, neg_bound)
             run_sum.add_(s.exp_().sum(dim=1))
+        del s_buf
         lse = bound + run_sum.log()
         loose = run_sum < _UNDERFLOW_GUARD
         if bool(loose.any()):
             lse[loose] = _online_logsumexp(f_in[loose], scale, prototypes, chunk)
-        pw = _targets_times_prototypes(targets, prototypes, chunk)
-        f_acc = features.to(acc["dtype"]).view(n_rep, n_targets, -1)
-        dot = torch.linalg.vecdot(f_acc, pw).view(rows) * inv_t
-        mass = targets.sum(dim=(0, 2), dtype=acc["dtype"]).repeat(n_rep)
-        ctx.save_for_backward(features, prototypes, targets, lse, mass)
+        # per row: p W (its target mixed over teacher crops) and the target mass
+        w_acc = weights.to(acc["dtype"])
+        pw = torch.einsum(
+            "ct,tbd->cbd", w_acc, _targets_times_prototypes(targets, prototypes, chunk)
+        )
+        pw = pw.reshape(rows, -1)
+        mass = (w_acc @ targets.sum(dim=2, dtype=acc["dtype"])).reshape(rows)
+        dot = torch.linalg.vecdot(features.to(acc["dtype"]), pw) * inv_t
+        ctx.save_for_backward(features, prototypes, targets, weights, lse, mass, pw)
         ctx.student_temp = student_temp
         ctx.chunk = chunk
+        ctx.shape = (n_crops, n_targets)
         return mass * lse - dot
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        features, prototypes, targets, lse, mass = ctx.saved_tensors
+        features, prototypes, targets, weights, lse, mass, pw = ctx.saved_tensors
         need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_f or need_w):
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         inv_t = 1.0 / ctx.student_temp
         chunk = ctx.chunk
+        n_crops, n_targets = ctx.shape
         rows, k = features.shape[0], prototypes.shape[0]
-        n_targets = targets.shape[1]
-        n_rep = rows // n_targets
         acc = {"dtype": lse.dtype, "device": features.device}
         f_in, scale = _scaled_features(features, inv_t)
-        # dL/dz_bk = g_b / tau * (P_b softmax_bk - p_bk), z = f W^T
+        # dL/dz_bk = r_b (P_b softmax_bk - p_bk), r_b = g_b / tau, z = f W^T. The p part:
+        # grad_f -= r p W;  grad_W -= sum_t targets[t]^T x_t, x_t = sum_c weights[c, t] r f
         row_scale = grad_loss.to(lse.dtype) * inv_t
         softmax_scale = (mass * row_scale)[:, None]
-        target_scale = (-row_scale).view(n_rep, n_targets, 1)
         neg_lse = (-lse)[:, None]
+        rf = (row_scale[:, None] * features.to(acc["dtype"])).view(n_crops, n_targets, -1)
+        x = torch.einsum("ct,cbd->tbd", weights.to(acc["dtype"]), rf)
+        fast = _fast_path(features, prototypes, targets)
         g_buf = _tile_buffer(rows, chunk, **acc)
         grad_f = torch.zeros(features.shape, **acc) if need_f else None
         grad_w = torch.empty_like(prototypes) if need_w else None
         for k0 in range(0, k, chunk):
             w = prototypes[k0 : k0 + chunk]
             g = _logits_into(_tile(g_buf, rows, w.shape[0]), f_in, w, scale, neg_lse)
-            g.exp_().mul_(softmax_scale)
-            p = _target_tile(targets, k0, k0 + chunk, g.dtype)
-            g.view(n_rep, n_targets, -1).addcmul_(p, target_scale)
-            g_in = g.to(features.dtype)
+            g.exp_().mul_(softmax_scale)  # the softmax part of dL/dz
+            g_in = g if fast else g.to(features.dtype)
             if grad_f is not None:
-                if grad_f.dtype == g_in.dtype:
-                    grad_f.addmm_(g_in, w)
-                else:
-                    grad_f.add_(g_in @ w)
-            if grad_w is not None:
+                grad_f.addmm_(g_in, w) if fast else grad_f.add_(g_in @ w)
+            if grad_w is not None and fast:
                 torch.mm(g_in.T, features, out=grad_w[k0 : k0 + chunk])
+            elif grad_w is not None:  # low precision: subtract the target part in fp32 first
+                p = targets[:, :, k0 : k0 + chunk].reshape(-1, w.shape[0]).to(acc["dtype"])
+                tile = torch.mm(g.T, features.to(acc["dtype"]))
+                tile.addmm_(p.T, x.reshape(-1, x.shape[-1]), alpha=-1)
+                grad_w[k0 : k0 + chunk] = tile
+        if grad_w is not None and fast:
+            grad_w.addmm_(targets.reshape(-1, k).T, x.reshape(-1, x.shape[-1]), alpha=-1)
+        if grad_f is not None:
+            grad_f.sub_(row_scale[:, None] * pw)
         return (
             grad_f.to(features.dtype) if grad_f is not None else None,
             grad_w,
+            None,
             None,
             None,
             None,
@@ -239,20 +250,25 @@ def prototype_cross_entropy(
     student_temp: float,
     impl: str = "auto",
     chunk_size: int | None = None,
+    crop_weights: Tensor | None = None,
 ) -> Tensor:
     """Per-row loss ``[B]`` (fp32): ``-(p * log_softmax(f @ W.T / student_temp)).sum(-1)``.
 
-       ``student_features`` ``[B, D]``, ``prototypes`` ``[K, D]`` (the head's last layer weight,
-       already weight-normalised), ``teacher_probs`` the targets (no gradient: detach them):
+    ``student_features`` ``[B, D]``; ``prototypes`` ``[K, D]`` (the head's last layer weight,
+    already weight-normalised); ``teacher_probs`` the targets, no gradient (detach them):
 
-       - ``[B, K]``: one target row per student row;
-       - ``[B_t, K]`` with ``B = n * B_t``: student rows are ``n`` crops of the same ``B_t``
-         images, each crop against the same targets (DINO's local crops), without copies;
-       - ``[T, B_t, K]``: as above, the loss summed over ``T`` teacher crops (DINO's local
-         crops against every global crop) -- by linearity, CE against the summed targets.
-    Gradients flow to the features and the prototypes. The ``[B, K]``
-       logits are never materialised: the torch path works on ``[B, chunk_size]`` tiles
-       (``None``: about 4 MiB of fp32 per tile), the Triton path on register tiles.
+    - ``[B, K]``: one target row per student row;
+    - ``[B_t, K]`` with ``B = n * B_t``: student rows are ``n`` crops of the same ``B_t``
+      images (crop-major), every crop against the same targets, without copies;
+    - ``[T, B_t, K]``: ``T`` teacher crops; row (crop c, image b) is scored against
+      ``sum_t crop_weights[c, t] * teacher_probs[t, b]`` -- by linearity the sum of its
+      cross-entropies against each teacher crop. ``crop_weights`` ``[n, T]`` defaults to
+      ones; DINO passes 0 where student crop c is teacher crop t (global crops are not
+      scored against themselves), so all crops of a step go through one call.
+
+    Gradients flow to the features and the prototypes. The ``[B, K]`` logits are never
+    materialised: the torch path works on ``[B, chunk_size]`` tiles (``None``: about 4 MiB
+    of fp32 per tile), the Triton path on register tiles.
     """
     fn = "prototype_cross_entropy"
     chunk = _check_head(fn, student_features, prototypes, chunk_size)
@@ -274,14 +290,23 @@ def prototype_cross_entropy(
             f"medssl.losses.{fn}: teacher_probs requires grad; the fused head gives targets "
             "no gradient, pass teacher_probs.detach()"
         )
+    n_crops = rows // targets.shape[1]
+    if crop_weights is None:
+        crop_weights = torch.ones(n_crops, targets.shape[0], device=targets.device)
+    elif tuple(crop_weights.shape) != (n_crops, targets.shape[0]):
+        raise ValueError(
+            f"medssl.losses.{fn}: crop_weights shape {tuple(crop_weights.shape)}, expected "
+            f"[{n_crops}, {targets.shape[0]}] (student crops, teacher crops)"
+        )
+    crop_weights = crop_weights.detach().float()
     if resolve_impl(impl, student_features, fn) == "triton":
         from medssl.losses import triton_kernels
 
         return triton_kernels.prototype_cross_entropy(
-            student_features, targets, prototypes, float(student_temp)
+            student_features, targets, prototypes, float(student_temp), crop_weights
         )
     return _PrototypeCrossEntropy.apply(
-        student_features, prototypes, targets, float(student_temp), chunk
+        student_features, prototypes, targets, crop_weights, float(student_temp), chunk
     )
 
 

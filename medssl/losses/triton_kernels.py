@@ -92,19 +92,21 @@ def _load_rows(Ptr, idx, ok, stride, dcol, d_ok):
 
 
 @triton.jit
-def _target_tile(P, stride_pt, stride_pb, prow, row_ok, ks, k_ok, T: tl.constexpr):
-    """Targets tile: rows ``prow`` of the [T, B_t, K] targets, summed over T (fp32)."""
+def _target_tile(P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, T: tl.constexpr):
+    """Targets tile (fp32): row (crop c, image b) gets sum_t CW[c, t] * P[t, b]."""
     mask = row_ok[:, None] & k_ok[None, :]
-    offs = prow[:, None] * stride_pb + ks[None, :]
-    p = tl.load(P + offs, mask=mask, other=0.0).to(tl.float32)
-    for t in range(1, T):
-        p += tl.load(P + t * stride_pt + offs, mask=mask, other=0.0).to(tl.float32)
+    offs = (rows % n_targets)[:, None] * stride_pb + ks[None, :]
+    crop = rows // n_targets
+    p = tl.zeros([rows.shape[0], ks.shape[0]], tl.float32)
+    for t in range(T):
+        cw = tl.load(CW + crop * T + t, mask=row_ok, other=0.0)
+        p += cw[:, None] * tl.load(P + t * stride_pt + offs, mask=mask, other=0.0).to(tl.float32)
     return p
 
 
 @triton.jit
 def _ce_fwd_kernel(
-    F, W, P, Stats,
+    F, W, P, CW, Stats,
     B, K, D, n_targets, k_per_split,
     stride_fb, stride_wk, stride_pt, stride_pb,
     inv_t,
@@ -118,7 +120,6 @@ def _ce_fwd_kernel(
     dcol = tl.arange(0, BLOCK_D)
     d_ok = dcol < D
     f = _load_rows(F, rows, row_ok, stride_fb, dcol, d_ok)
-    prow = rows % n_targets
     run_max = tl.full([BLOCK_B], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_B], tl.float32)
     dot = tl.zeros([BLOCK_B], tl.float32)
@@ -130,7 +131,7 @@ def _ce_fwd_kernel(
         k_ok = ks < k_end
         w = _load_rows(W, ks, k_ok, stride_wk, dcol, d_ok)
         s = _mm(f, tl.trans(w), PRECISION, DOT_F32) * inv_t
-        p = _target_tile(P, stride_pt, stride_pb, prow, row_ok, ks, k_ok, T)
+        p = _target_tile(P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, T)
         dot += tl.sum(p * s, axis=1)  # p is 0 outside the range
         mass += tl.sum(p, axis=1)
         s = tl.where(k_ok[None, :], s, float("-inf"))
@@ -145,18 +146,19 @@ def _ce_fwd_kernel(
 
 
 @triton.jit
-def _grad_logits(f, w, P, stride_pt, stride_pb, prow, row_ok, ks, k_ok, lse, soft_scale, tgt_scale,
-                 inv_t, T: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr):  # fmt: skip
+def _grad_logits(f, w, P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, lse,
+                 soft_scale, tgt_scale, inv_t, T: tl.constexpr, PRECISION: tl.constexpr,
+                 DOT_F32: tl.constexpr):  # fmt: skip
     """dL/dz tile = soft_scale * softmax - tgt_scale * p (0 outside rows and range)."""
     s = _mm(f, tl.trans(w), PRECISION, DOT_F32) * inv_t
-    p = _target_tile(P, stride_pt, stride_pb, prow, row_ok, ks, k_ok, T)
+    p = _target_tile(P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, T)
     g = tl.exp(s - lse[:, None]) * soft_scale[:, None] - p * tgt_scale[:, None]
     return tl.where(row_ok[:, None] & k_ok[None, :], g, 0.0)
 
 
 @triton.jit
 def _ce_bwd_features_kernel(
-    F, W, P, LSE, SoftScale, TgtScale, GradF,
+    F, W, P, CW, LSE, SoftScale, TgtScale, GradF,
     B, K, D, n_targets, k_per_split,
     stride_fb, stride_wk, stride_pt, stride_pb,
     inv_t,
@@ -170,7 +172,6 @@ def _ce_bwd_features_kernel(
     dcol = tl.arange(0, BLOCK_D)
     d_ok = dcol < D
     f = _load_rows(F, rows, row_ok, stride_fb, dcol, d_ok)
-    prow = rows % n_targets
     lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
     soft_scale = tl.load(SoftScale + rows, mask=row_ok, other=0.0)
     tgt_scale = tl.load(TgtScale + rows, mask=row_ok, other=0.0)
@@ -181,8 +182,8 @@ def _ce_bwd_features_kernel(
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
         w = _load_rows(W, ks, k_ok, stride_wk, dcol, d_ok)
-        g = _grad_logits(f, w, P, stride_pt, stride_pb, prow, row_ok, ks, k_ok, lse, soft_scale,
-                         tgt_scale, inv_t, T, PRECISION, DOT_F32)  # fmt: skip
+        g = _grad_logits(f, w, P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, lse,
+                         soft_scale, tgt_scale, inv_t, T, PRECISION, DOT_F32)  # fmt: skip
         acc += _mm(g.to(w.dtype), w, PRECISION, DOT_F32)
     out = GradF + pid_s * B * D + rows[:, None] * D + dcol[None, :]
     tl.store(out, acc, mask=row_ok[:, None] & d_ok[None, :])
@@ -190,7 +191,7 @@ def _ce_bwd_features_kernel(
 
 @triton.jit
 def _ce_bwd_prototypes_kernel(
-    F, W, P, LSE, SoftScale, TgtScale, GradW,
+    F, W, P, CW, LSE, SoftScale, TgtScale, GradW,
     B, K, D, n_targets,
     stride_fb, stride_wk, stride_pt, stride_pb, stride_gk,
     inv_t,
@@ -211,7 +212,7 @@ def _ce_bwd_prototypes_kernel(
         lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
         soft_scale = tl.load(SoftScale + rows, mask=row_ok, other=0.0)
         tgt_scale = tl.load(TgtScale + rows, mask=row_ok, other=0.0)
-        g = _grad_logits(f, w, P, stride_pt, stride_pb, rows % n_targets, row_ok, ks, k_ok, lse,
+        g = _grad_logits(f, w, P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, lse,
                          soft_scale, tgt_scale, inv_t, T, PRECISION, DOT_F32)  # fmt: skip
         acc += _mm(tl.trans(g).to(f.dtype), f, PRECISION, DOT_F32)
     out = GradW + ks[:, None] * stride_gk + dcol[None, :]
@@ -345,7 +346,7 @@ def _merge_stats(stats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 class _TritonPrototypeCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, features, prototypes, targets, student_temp, blocks):  # type: ignore[override]
+    def forward(ctx, features, prototypes, targets, weights, student_temp, blocks):  # type: ignore[override]
         block_b, block_k = blocks
         rows, d = features.shape
         k = prototypes.shape[0]
@@ -353,7 +354,7 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
         stats = torch.empty(n_split, 4, rows, dtype=torch.float32, device=features.device)
         precision = _precision(features.dtype)
         _ce_fwd_kernel[(triton.cdiv(rows, block_b), n_split)](
-            features, prototypes, targets, stats,
+            features, prototypes, targets, weights, stats,
             rows, k, d, targets.shape[1], per,
             features.stride(0), prototypes.stride(0), targets.stride(0), targets.stride(1),
             1.0 / student_temp,
@@ -361,14 +362,14 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
             PRECISION=precision, DOT_F32=_DOT_F32,
         )  # fmt: skip
         loss, lse, mass = _merge_stats(stats)
-        ctx.save_for_backward(features, prototypes, targets, lse, mass)
+        ctx.save_for_backward(features, prototypes, targets, weights, lse, mass)
         ctx.student_temp = student_temp
         ctx.blocks = blocks
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):  # type: ignore[override]
-        features, prototypes, targets, lse, mass = ctx.saved_tensors
+        features, prototypes, targets, weights, lse, mass = ctx.saved_tensors
         block_b, block_k = ctx.blocks
         rows, d = features.shape
         k = prototypes.shape[0]
@@ -383,7 +384,7 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
             n_split, per = _splits(rows, k, block_b, block_k)
             partial = torch.empty(n_split, rows, d, dtype=torch.float32, device=features.device)
             _ce_bwd_features_kernel[(triton.cdiv(rows, block_b), n_split)](
-                features, prototypes, targets, lse, soft_scale, tgt_scale, partial,
+                features, prototypes, targets, weights, lse, soft_scale, tgt_scale, partial,
                 rows, k, d, targets.shape[1], per,
                 features.stride(0), prototypes.stride(0), targets.stride(0), targets.stride(1),
                 inv_t, **common,
@@ -392,12 +393,12 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = torch.empty_like(prototypes)
             _ce_bwd_prototypes_kernel[(triton.cdiv(k, block_k),)](
-                features, prototypes, targets, lse, soft_scale, tgt_scale, grad_w,
+                features, prototypes, targets, weights, lse, soft_scale, tgt_scale, grad_w,
                 rows, k, d, targets.shape[1],
                 features.stride(0), prototypes.stride(0), targets.stride(0), targets.stride(1),
                 grad_w.stride(0), inv_t, **common,
             )  # fmt: skip
-        return grad_f, grad_w, None, None, None
+        return grad_f, grad_w, None, None, None, None
 
 
 def prototype_cross_entropy(
@@ -405,16 +406,22 @@ def prototype_cross_entropy(
     targets: Tensor,
     prototypes: Tensor,
     student_temp: float,
+    crop_weights: Tensor | None = None,
     block_b: int = 64,
     block_k: int = 64,
 ) -> Tensor:
-    """Fused projection + soft cross-entropy; ``targets`` is ``[T, B_t, K]`` (validated)."""
+    """Fused projection + soft cross-entropy; ``targets`` ``[T, B_t, K]``, ``crop_weights``
+    ``[B / B_t, T]`` (fp32, default ones) as :func:`medssl.losses.prototype_cross_entropy`
+    validates them."""
     _check_dtype("prototype_cross_entropy", features, prototypes)
     features = _contiguous_rows(features)
     prototypes = _contiguous_rows(prototypes)
     targets = targets if targets.stride(-1) == 1 else targets.contiguous()
+    if crop_weights is None:
+        crop_weights = torch.ones(features.shape[0] // targets.shape[1], targets.shape[0])
+    weights = crop_weights.to(device=features.device, dtype=torch.float32).contiguous()
     return _TritonPrototypeCrossEntropy.apply(
-        features, prototypes, targets, student_temp, (block_b, block_k)
+        features, prototypes, targets, weights, student_temp, (block_b, block_k)
     )
 
 

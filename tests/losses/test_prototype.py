@@ -71,24 +71,33 @@ def test_cross_entropy_unnormalised_targets_and_one_sided_grads() -> None:
     torch.testing.assert_close(wt.grad, want_gw, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("n_teacher", [1, 2])
-def test_cross_entropy_crop_broadcast_targets(n_teacher: int) -> None:
-    """[T, B_t, K] targets: every crop of B_t images against the sum of T teacher crops."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("n_teacher", [1, 2, "dino"])
+def test_cross_entropy_crop_targets(n_teacher, dtype) -> None:
+    """[T, B_t, K] targets: crop c of B_t images against sum_t weights[c, t] * p[t]."""
     g = torch.Generator().manual_seed(7)
     b_t, crops, k = 5, 3, 130
+    t = 1 if n_teacher == 1 else 2
     f = F.normalize(torch.randn(crops * b_t, 16, generator=g, dtype=torch.float64), dim=-1)
     w = F.normalize(torch.randn(k, 16, generator=g, dtype=torch.float64), dim=-1)
-    p = torch.softmax(torch.randn(n_teacher, b_t, k, generator=g, dtype=torch.float64), -1)
-    weights = torch.rand(crops * b_t, generator=g, dtype=torch.float64)
-    fr, wr = f.clone().requires_grad_(), w.clone().requires_grad_()
-    targets = p if n_teacher > 1 else p[0]
-    loss = prototype_cross_entropy(fr, targets, wr, 0.1, impl="torch", chunk_size=40)
-    gf, gw = torch.autograd.grad((loss * weights).sum(), (fr, wr))
-    dense = p.sum(0).repeat(crops, 1)  # row c * B_t + b -> sum_t p[t, b]
-    want, want_gf, want_gw = eager_loss_and_grads(f, w, dense, 0.1, weights)
-    torch.testing.assert_close(loss, want, atol=1e-12, rtol=0)
-    torch.testing.assert_close(gf, want_gf, atol=1e-12, rtol=0)
-    torch.testing.assert_close(gw, want_gw, atol=1e-12, rtol=0)
+    p = torch.softmax(torch.randn(t, b_t, k, generator=g, dtype=torch.float64) / 0.1, -1)
+    weights = torch.ones(crops, t, dtype=torch.float64)
+    if n_teacher == "dino":  # crops 0, 1 are the teacher's crops 0, 1: not scored on themselves
+        weights = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    row_w = torch.rand(crops * b_t, generator=g, dtype=torch.float64)
+    fr, wr = f.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+    targets = p.to(dtype) if t > 1 else p[0].to(dtype)
+    loss = prototype_cross_entropy(
+        fr, targets, wr, 0.1, impl="torch", chunk_size=40,
+        crop_weights=weights if n_teacher == "dino" else None,
+    )  # fmt: skip
+    gf, gw = torch.autograd.grad((loss * row_w.to(loss.dtype)).sum(), (fr, wr))
+    dense = torch.einsum("ct,tbk->cbk", weights, p.to(dtype).double()).reshape(crops * b_t, k)
+    want, want_gf, want_gw = eager_loss_and_grads(fr, wr, dense, 0.1, row_w)
+    loss_tol, grad_tol = TOL[dtype]
+    torch.testing.assert_close(loss.double(), want, atol=2 * loss_tol, rtol=0)
+    torch.testing.assert_close(gf.double(), want_gf, atol=2 * grad_tol, rtol=0)
+    torch.testing.assert_close(gw.double(), want_gw, atol=2 * grad_tol, rtol=0)
 
 
 def test_cross_entropy_loose_bound_falls_back_to_running_max(monkeypatch) -> None:
@@ -124,6 +133,8 @@ def test_cross_entropy_rejects_bad_input() -> None:
         prototype_cross_entropy(f, p[:, :10], w, 0.1)
     with pytest.raises(ValueError, match=r"4 a multiple of B_t"):
         prototype_cross_entropy(f, p[:3], w, 0.1)
+    with pytest.raises(ValueError, match=r"crop_weights shape \(2, 2\), expected \[2, 1\]"):
+        prototype_cross_entropy(f, p[:2], w, 0.1, crop_weights=torch.ones(2, 2))
     with pytest.raises(ValueError, match="prototypes .* expect 8"):
         prototype_cross_entropy(f[:, :6], p, w, 0.1)
     with pytest.raises(ValueError, match="teacher_probs requires grad"):

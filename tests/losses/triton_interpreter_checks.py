@@ -66,12 +66,13 @@ def test_prototype_cross_entropy(shape, dtype) -> None:
 
 
 def test_prototype_cross_entropy_crop_targets_and_dispatch() -> None:
-    """[T, B_t, K] targets through the public function with impl='triton' on CPU."""
+    """[T, B_t, K] targets and crop weights through the public function, impl='triton'."""
     f64, w64, _ = _head(15, 16, 130)
     p = torch.softmax(torch.randn(2, 5, 130, dtype=torch.float64), -1)
     f, w = f64.float().requires_grad_(), w64.float().requires_grad_()
-    loss = prototype_cross_entropy(f, p.float(), w, 0.1, impl="triton")
-    torch_loss = prototype_cross_entropy(f, p.float(), w, 0.1, impl="torch")
+    cw = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])  # DINO: no crop against itself
+    loss = prototype_cross_entropy(f, p.float(), w, 0.1, impl="triton", crop_weights=cw)
+    torch_loss = prototype_cross_entropy(f, p.float(), w, 0.1, impl="torch", crop_weights=cw)
     torch.testing.assert_close(loss, torch_loss, atol=2e-5, rtol=0)
     g = torch.autograd.grad(loss.sum(), (f, w))
     g_torch = torch.autograd.grad(torch_loss.sum(), (f, w))
