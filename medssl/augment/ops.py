@@ -57,6 +57,7 @@ def resized_crops(
     mode: str = "bilinear",
     backend: str = "auto",
     scale: float = 1.0,
+    antialias: bool = False,
 ) -> Tensor:
     """Crop boxes out of ``source`` and resample each straight to ``size`` × ``size``.
 
@@ -77,13 +78,18 @@ def resized_crops(
       ``torch.get_num_threads()`` Python threads (the op releases the GIL; one plane
       would run on one core).
     * ``"auto"``: ``"grid"`` on CUDA, ``"loop"`` elsewhere.
+
+    ``antialias=True`` low-passes downscaled crops as PIL and torchvision do (DINOv2's
+    CPU pipeline); only ``"loop"`` can, so ``"auto"`` picks it on every device then.
     """
     if backend == "auto":
-        backend = "grid" if source.is_cuda else "loop"
+        backend = "grid" if source.is_cuda and not antialias else "loop"
+    if antialias and backend != "loop":
+        raise ValueError("antialiased resampling needs the 'loop' backend")
     if backend == "grid":
         return _resized_crops_grid(source, boxes, flips, size, mode, scale)
     if backend == "loop":
-        return _resized_crops_loop(source, boxes, flips, size, mode, scale)
+        return _resized_crops_loop(source, boxes, flips, size, mode, scale, antialias)
     raise ValueError(f"unknown resampling backend {backend!r}; use 'auto', 'grid' or 'loop'")
 
 
@@ -117,7 +123,13 @@ def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _resized_crops_loop(
-    source: Tensor, boxes: Tensor, flips: Tensor, size: int, mode: str, scale: float
+    source: Tensor,
+    boxes: Tensor,
+    flips: Tensor,
+    size: int,
+    mode: str,
+    scale: float,
+    antialias: bool = False,
 ) -> Tensor:
     n, batch = boxes.shape[:2]
     channels = source.shape[1]
@@ -129,7 +141,9 @@ def _resized_crops_loop(
         for k in indices:
             top, left, box_h, box_w = rows[k]
             crop = source[k % batch, :, top : top + box_h, left : left + box_w].unsqueeze(0)
-            resized = F.interpolate(crop, size=(size, size), mode=mode, align_corners=False)[0]
+            resized = F.interpolate(
+                crop, size=(size, size), mode=mode, align_corners=False, antialias=antialias
+            )[0]
             torch.mul(resized.flip(-1) if flipped[k] else resized, scale, out=out[k])
 
     workers = max(1, min(torch.get_num_threads(), 8))

@@ -50,15 +50,16 @@ def _shade(picture: np.ndarray, mask: Tensor | None, patch_size: int) -> np.ndar
     return np.clip(np.where(full, 0.55 * picture + 0.45 * _MASK_RGB, picture), 0.0, 1.0)
 
 
-def _columns(views: Views, index: int, request: ViewRequest) -> list[tuple[str, Tensor, Any]]:
+def _columns(views: Views, index: int) -> list[tuple[str, Tensor, Any]]:
     batch = views.batch_size
     columns: list[tuple[str, Tensor, Any]] = []
     for i in range(views.n_global):
         row = i * batch + index
+        title = f"global {i + 1}"
         mask = views.block_masks[row] if views.block_masks is not None else None
         if i == 0 and views.single_view is None and views.mae_masks is not None:
-            mask = views.mae_masks[index]
-        columns.append((f"global {i + 1}", views.global_crops[row], mask))
+            mask, title = views.mae_masks[index], "global 1, MAE mask"
+        columns.append((title, views.global_crops[row], mask))
     for i in range(views.n_local):
         columns.append((f"local {i + 1}", views.local_crops[i * batch + index], None))
     if views.single_view is not None:
@@ -92,7 +93,7 @@ def write_preview(
     std = getattr(policy, "std", (1.0,))
     if len(mean) == 1:
         mean, std = mean * 3, std * 3
-    rows = [_columns(views, b, request) for b in range(views.batch_size)]
+    rows = [_columns(views, b) for b in range(views.batch_size)]
     n_cols = 1 + max(len(r) for r in rows)
     fig, axes = plt.subplots(
         len(rows), n_cols, figsize=(1.6 * n_cols, 1.7 * len(rows)), squeeze=False
@@ -103,7 +104,7 @@ def write_preview(
         for c, (title, view, mask) in enumerate(columns, start=1):
             picture = _shade(_to_picture(view, mean, std), mask, request.patch_size)
             axes[b, c].imshow(picture, interpolation="nearest")
-            axes[b, c].set_title(f"{title} {view.shape[-1]}px", fontsize=7)
+            axes[b, c].set_title(f"{title}, {view.shape[-1]} px", fontsize=7)
         for ax in axes[b]:
             ax.axis("off")
     name = getattr(policy, "name", type(policy).__name__)

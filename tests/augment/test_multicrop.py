@@ -163,3 +163,26 @@ def test_cuda_views_are_reproducible() -> None:
     assert torch.equal(a.block_masks, b.block_masks) and a.block_masks.is_cuda
     cpu = policy(images.cpu(), request, torch.Generator().manual_seed(0))
     assert cpu.global_crops.shape == a.global_crops.shape
+
+
+def test_antialias_option_smooths_downscaled_crops() -> None:
+    stripes = (torch.arange(64) % 2 * 255).to(torch.uint8).expand(4, 1, 64, 64).contiguous()
+    kwargs = dict(
+        global_crop_size=16,
+        local_crop_size=8,
+        channels=1,
+        mean=(0.0,),
+        std=(1.0,),
+        jitter_prob=0.0,
+        solarize_prob=0.0,
+        blur_probs=(0.0, 0.0, 0.0),
+        global_scale=(0.9, 1.0),
+    )
+    request = ViewRequest(global_crops=True, patch_size=4)
+    aliased = DINOv2MultiCrop(**kwargs)(stripes, request, torch.Generator().manual_seed(0))
+    smooth = DINOv2MultiCrop(**kwargs, antialias=True)(
+        stripes, request, torch.Generator().manual_seed(0)
+    )
+    # 1-px stripes shrunk ~4×: antialiasing averages them to mid-grey.
+    assert (smooth.global_crops - 0.5).abs().mean() < 0.1
+    assert (aliased.global_crops - 0.5).abs().mean() > (smooth.global_crops - 0.5).abs().mean()

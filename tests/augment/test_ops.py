@@ -120,3 +120,17 @@ def test_normalize_into_broadcasts_grey_to_three_channels() -> None:
     out = ops.normalize_into(grey, mean, std, 3)
     want = TF.normalize(grey.expand(-1, 3, -1, -1), mean.tolist(), std.tolist())
     torch.testing.assert_close(out, want)
+
+
+def test_antialiased_crops_match_torchvision() -> None:
+    source = torch.rand((2, 1, 64, 64), generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[[3.0, 5.0, 50.0, 40.0], [0.0, 0.0, 64.0, 64.0]]])
+    flips = torch.tensor([[False, True]])
+    out = ops.resized_crops(source, boxes, flips, 16, mode="bicubic", antialias=True)
+    want = TF.resized_crop(source[0], 3, 5, 50, 40, [16, 16], TF.InterpolationMode.BICUBIC)
+    torch.testing.assert_close(out[0], want)
+    torch.testing.assert_close(
+        out[1], TF.resize(source[1], [16, 16], TF.InterpolationMode.BICUBIC).flip(-1)
+    )
+    with pytest.raises(ValueError, match="loop"):
+        ops.resized_crops(source, boxes, flips, 16, backend="grid", antialias=True)
