@@ -32,6 +32,21 @@ class TestDINOv2MultiCrop(AugmentationPolicyContract):
         }
 
 
+def _plain(**overrides: Any) -> DINOv2MultiCrop:
+    """Tiny grey crops in [0, 1] (identity normalisation), every random op off unless set."""
+    options: dict[str, Any] = dict(
+        global_crop_size=16,
+        local_crop_size=8,
+        channels=1,
+        mean=(0.0,),
+        std=(1.0,),
+        jitter_prob=0.0,
+        solarize_prob=0.0,
+        blur_probs=(0.0, 0.0, 0.0),
+    )
+    return DINOv2MultiCrop(**{**options, **overrides})
+
+
 def _images(batch: int = 8, channels: int = 3, size: int = 32) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=g)
@@ -61,15 +76,7 @@ def test_crops_are_crop_major() -> None:
     batch = 4
     levels = torch.tensor([0, 60, 120, 250], dtype=torch.uint8)
     images = levels.view(batch, 1, 1, 1).expand(batch, 1, 32, 32).contiguous()
-    policy = DINOv2MultiCrop(
-        global_crop_size=16,
-        local_crop_size=8,
-        jitter_prob=0.0,
-        solarize_prob=0.0,
-        channels=1,
-        mean=(0.0,),
-        std=(1.0,),
-    )
+    policy = _plain(blur_probs=(1.0, 0.1, 0.5))
     views = policy(images, ViewRequest(global_crops=True, local_crops=True, patch_size=4))
     for crops, n in ((views.global_crops, 2), (views.local_crops, 8)):
         per_crop = crops.view(n, batch, -1).mean(-1)
@@ -82,18 +89,8 @@ def test_probabilities_show_in_the_views() -> None:
     """Solarisation only on global crop 2, about its probability; blur smooths."""
     batch = 400
     images = _images(batch, channels=1, size=24)
-    kwargs = dict(
-        global_crop_size=16,
-        local_crop_size=8,
-        n_local_crops=1,
-        channels=1,
-        mean=(0.0,),
-        std=(1.0,),
-        jitter_prob=0.0,
-        blur_probs=(0.0, 0.0, 0.0),
-    )
-    plain = DINOv2MultiCrop(**kwargs, solarize_prob=0.0)
-    solar = DINOv2MultiCrop(**kwargs, solarize_prob=0.5)
+    plain = _plain(n_local_crops=1)
+    solar = _plain(n_local_crops=1, solarize_prob=0.5)
     request = ViewRequest(global_crops=True, patch_size=4)
     a = plain(images, request, torch.Generator().manual_seed(0)).global_crops.view(2, batch, -1)
     b = solar(images, request, torch.Generator().manual_seed(0)).global_crops.view(2, batch, -1)
@@ -104,21 +101,11 @@ def test_probabilities_show_in_the_views() -> None:
 
 def test_blur_always_on_global_one() -> None:
     images = _images(16, channels=1, size=64)
-    kwargs = dict(
-        global_crop_size=32,
-        local_crop_size=8,
-        channels=1,
-        mean=(0.0,),
-        std=(1.0,),
-        jitter_prob=0.0,
-        solarize_prob=0.0,
-        blur_sigma=(2.0, 2.0),
-    )
     request = ViewRequest(global_crops=True, patch_size=4)
-    sharp = DINOv2MultiCrop(**kwargs, blur_probs=(0.0, 0.0, 0.0))(
+    sharp = _plain(global_crop_size=32)(images, request, torch.Generator().manual_seed(0))
+    blurred = _plain(global_crop_size=32, blur_sigma=(2.0, 2.0), blur_probs=(1.0, 0.1, 0.5))(
         images, request, torch.Generator().manual_seed(0)
     )
-    blurred = DINOv2MultiCrop(**kwargs)(images, request, torch.Generator().manual_seed(0))
 
     def roughness(x: torch.Tensor) -> torch.Tensor:
         return (x[..., 1:] - x[..., :-1]).abs().mean(dim=(1, 2, 3))
@@ -167,20 +154,9 @@ def test_cuda_views_are_reproducible() -> None:
 
 def test_antialias_option_smooths_downscaled_crops() -> None:
     stripes = (torch.arange(64) % 2 * 255).to(torch.uint8).expand(4, 1, 64, 64).contiguous()
-    kwargs = dict(
-        global_crop_size=16,
-        local_crop_size=8,
-        channels=1,
-        mean=(0.0,),
-        std=(1.0,),
-        jitter_prob=0.0,
-        solarize_prob=0.0,
-        blur_probs=(0.0, 0.0, 0.0),
-        global_scale=(0.9, 1.0),
-    )
     request = ViewRequest(global_crops=True, patch_size=4)
-    aliased = DINOv2MultiCrop(**kwargs)(stripes, request, torch.Generator().manual_seed(0))
-    smooth = DINOv2MultiCrop(**kwargs, antialias=True)(
+    aliased = _plain(global_scale=(0.9, 1.0))(stripes, request, torch.Generator().manual_seed(0))
+    smooth = _plain(global_scale=(0.9, 1.0), antialias=True)(
         stripes, request, torch.Generator().manual_seed(0)
     )
     # 1-px stripes shrunk ~4×: antialiasing averages them to mid-grey.
