@@ -18,7 +18,7 @@ from medssl.augment.ops import SOURCE_SCALE, normalize_into, resized_crops, rgb_
 from medssl.augment.params import bernoulli, resized_crop_boxes
 from medssl.types import ViewRequest
 
-__all__ = ["BasePolicy", "PolicyOptions", "check_images"]
+__all__ = ["BasePolicy", "PolicyOptions", "check_crop_size", "check_images", "check_ranges"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,6 +52,14 @@ class PolicyOptions(BaseModel):
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
         return self
+
+
+def check_ranges(options: BaseModel, fields: tuple[str, ...]) -> None:
+    """Raise unless every ``(low, high)`` option satisfies ``0 < low <= high``."""
+    for field in fields:
+        low, high = getattr(options, field)
+        if not 0 < low <= high:
+            raise ValueError(f"{field} must satisfy 0 < low <= high, got ({low}, {high})")
 
 
 def check_images(images: Any, where: str) -> Tensor:

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from medssl.augment import ops
-from medssl.augment.base import BasePolicy, PolicyOptions, check_crop_size
+from medssl.augment.base import BasePolicy, PolicyOptions, check_crop_size, check_ranges
 from medssl.augment.masks import block_masks
 from medssl.augment.params import bernoulli, host_generator, resized_crop_boxes, uniform
 from medssl.types import ViewRequest, Views
@@ -70,6 +70,16 @@ class MultiCropOptions(PolicyOptions):
     solarize_prob: float = Field(0.2, ge=0, le=1)
     """Solarisation of global crop 2 (DINOv2 applies none elsewhere)."""
     solarize_threshold: float = 0.5
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> MultiCropOptions:
+        check_ranges(self, ("global_scale", "local_scale", "ratio", "blur_sigma"))
+        for field in ("global_scale", "local_scale"):
+            if getattr(self, field)[1] > 1:
+                raise ValueError(f"{field} is an area share: its upper end must be <= 1")
+        if not all(0 <= p <= 1 for p in self.blur_probs):
+            raise ValueError(f"blur_probs must lie in [0, 1], got {self.blur_probs}")
+        return self
 
 
 class DINOv2Options(MultiCropOptions):

@@ -23,8 +23,9 @@ DINOv2's multi-crop geometry, blur and solarisation (see
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from medssl.augment.base import check_ranges
 from medssl.augment.multicrop import MultiCropOptions, MultiCropPolicy, Range
 
 __all__ = ["RAD_DINO_MEAN", "RAD_DINO_STD", "RadDinoCXR"]
@@ -42,6 +43,11 @@ class RadDinoOptions(MultiCropOptions):
     gamma: Range = (0.7, 1.5)
     """Range of the gamma exponent applied when jitter fires."""
 
+    @model_validator(mode="after")
+    def _check_gamma(self) -> RadDinoOptions:
+        check_ranges(self, ("gamma",))
+        return self
+
 
 class RadDinoCXR(MultiCropPolicy):
     """Grey-level DINOv2 multi-crop for chest radiographs (registered as ``rad_dino_cxr``)."""
@@ -53,9 +59,4 @@ class RadDinoCXR(MultiCropPolicy):
     grey_only = True
 
     def _factor_range(self, op: str) -> Range:
-        if op == "gamma":
-            low, high = self.options.gamma
-            if not 0 < low <= high:
-                raise ValueError(f"{self.name}: gamma must be 0 < low <= high, got {low, high}")
-            return (low, high)
-        return super()._factor_range(op)
+        return self.options.gamma if op == "gamma" else super()._factor_range(op)

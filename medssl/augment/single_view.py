@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
-from medssl.augment.base import BasePolicy, PolicyOptions, check_crop_size
+from medssl.augment.base import BasePolicy, PolicyOptions, check_crop_size, check_ranges
 from medssl.augment.params import host_generator
 from medssl.types import ViewRequest, Views
 
@@ -26,6 +26,13 @@ class SingleViewOptions(PolicyOptions):
     scale: tuple[float, float] = (0.2, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip_prob: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> SingleViewOptions:
+        check_ranges(self, ("scale", "ratio"))
+        if self.scale[1] > 1:
+            raise ValueError("scale is an area share: its upper end must be <= 1")
+        return self
 
 
 class SingleViewPolicy(BasePolicy):

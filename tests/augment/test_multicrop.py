@@ -120,6 +120,12 @@ def test_bad_options_fail_at_construction() -> None:
         DINOv2MultiCrop(global_crops_size=224)
     with pytest.raises(ValueError, match="odd"):
         DINOv2MultiCrop(blur_kernel_size=8)
+    with pytest.raises(ValueError, match="local_scale must satisfy"):
+        DINOv2MultiCrop(local_scale=(0.32, 0.05))
+    with pytest.raises(ValueError, match="upper end"):
+        DINOv2MultiCrop(global_scale=(0.32, 1.5))
+    with pytest.raises(ValueError, match="blur_probs"):
+        DINOv2MultiCrop(blur_probs=(1.0, 0.1, 1.5))
 
 
 def test_single_view_policy_request_is_refused_by_views() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 
 from medssl.augment import RadDinoCXR
@@ -64,6 +65,11 @@ def test_no_flip_by_default_and_flip_on_request() -> None:
     assert rising(RadDinoCXR(**kwargs)).all()
     flipped = (~rising(RadDinoCXR(**kwargs, hflip_prob=0.5))).float().mean()
     assert 0.3 < flipped < 0.7
+
+
+def test_gamma_range_is_checked() -> None:
+    with pytest.raises(ValueError, match="gamma must satisfy"):
+        RadDinoCXR(gamma=(1.5, 0.7))
 
 
 def test_gamma_is_applied() -> None:
