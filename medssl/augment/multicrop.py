@@ -79,6 +79,12 @@ class MultiCropOptions(PolicyOptions):
                 raise ValueError(f"{field} is an area share: its upper end must be <= 1")
         if not all(0 <= p <= 1 for p in self.blur_probs):
             raise ValueError(f"blur_probs must lie in [0, 1], got {self.blur_probs}")
+        smallest = min(self.global_crop_size, self.local_crop_size)
+        if any(self.blur_probs) and self.blur_kernel_size // 2 >= smallest:
+            raise ValueError(
+                f"blur_kernel_size={self.blur_kernel_size} is too large for {smallest}-px crops "
+                f"(its reflect padding, kernel // 2 px, must be smaller than the crop)"
+            )
         return self
 
 

@@ -126,6 +126,9 @@ def test_bad_options_fail_at_construction() -> None:
         DINOv2MultiCrop(global_scale=(0.32, 1.5))
     with pytest.raises(ValueError, match="blur_probs"):
         DINOv2MultiCrop(blur_probs=(1.0, 0.1, 1.5))
+    with pytest.raises(ValueError, match="too large for 4-px crops"):
+        DINOv2MultiCrop(local_crop_size=4)
+    DINOv2MultiCrop(local_crop_size=4, blur_probs=(0.0, 0.0, 0.0))  # no blur: any size
 
 
 def test_single_view_policy_request_is_refused_by_views() -> None:
