@@ -84,7 +84,14 @@ def lightly_step(x: HeadInputs, loss_fn) -> Tensor:
 
 
 def eager_step(x: HeadInputs) -> Tensor:
-    """The plain formula of DINOv2's DINOLoss on full logits."""
+    """The plain formula of DINOv2's DINOLoss on full logits, forward and backward."""
+    loss = eager_loss(x)
+    loss.backward()
+    return loss
+
+
+def eager_loss(x: HeadInputs) -> Tensor:
+    """The plain formula of DINOv2's DINOLoss on full logits (forward only)."""
     lsm = torch.log_softmax((x.student @ x.prototypes.T) / STUDENT_TEMP, dim=-1)
     with torch.no_grad():
         z_t = x.teacher @ x.prototypes.T
@@ -95,9 +102,7 @@ def eager_step(x: HeadInputs) -> Tensor:
         for j, s in enumerate(lsm.chunk(N_GLOBAL + N_LOCAL)):
             if i != j:
                 loss = loss - (p * s).sum(-1).mean()
-    loss = loss / x.n_terms
-    loss.backward()
-    return loss
+    return loss / x.n_terms
 
 
 def fused_step(x: HeadInputs, impl: str = "torch") -> Tensor:
@@ -136,8 +141,14 @@ def make_step(variant: str, x: HeadInputs) -> Callable[[], Tensor]:
     if variant == "triton":
         return lambda: fused_step(x, "triton")
     if variant == "compiled":
-        compiled = torch.compile(eager_step)
-        return lambda: compiled(x)
+        compiled = torch.compile(eager_loss)
+
+        def compiled_step() -> Tensor:
+            loss = compiled(x)
+            loss.backward()
+            return loss
+
+        return compiled_step
     raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS}")
 
 

@@ -39,6 +39,15 @@ def default_chunk_size(rows: int, k: int) -> int:
     return min(c, k)
 
 
+def _autocast(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Cast to the autocast dtype when autocast is on, as it would for the head's matmul."""
+    device = tensors[0].device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        return tuple(t.to(dtype) for t in tensors)
+    return tensors
+
+
 def _check_head(fn: str, features: Tensor, prototypes: Tensor, chunk_size: int | None) -> int:
     check_2d("features", fn, features)
     check_2d("prototypes", fn, prototypes)
@@ -266,12 +275,15 @@ def prototype_cross_entropy(
       ones; DINO passes 0 where student crop c is teacher crop t (global crops are not
       scored against themselves), so all crops of a step go through one call.
 
-    Gradients flow to the features and the prototypes. The ``[B, K]`` logits are never
+    Under autocast the features and prototypes are cast to its dtype (as the matmul would
+    be); the softmax arithmetic stays fp32. Gradients flow to the features and the
+    prototypes (in their own dtypes). The ``[B, K]`` logits are never
     materialised: the torch path works on ``[B, chunk_size]`` tiles (``None``: about 4 MiB
     of fp32 per tile), the Triton path on register tiles.
     """
     fn = "prototype_cross_entropy"
     chunk = _check_head(fn, student_features, prototypes, chunk_size)
+    student_features, prototypes = _autocast(student_features, prototypes)
     rows, k = student_features.shape[0], prototypes.shape[0]
     targets = teacher_probs[None] if teacher_probs.dim() == 2 else teacher_probs
     if (
@@ -331,6 +343,7 @@ def prototype_targets(
     """
     fn = "prototype_targets"
     chunk = _check_head(fn, teacher_features, prototypes, chunk_size)
+    teacher_features, prototypes = _autocast(teacher_features, prototypes)
     if centering not in CENTERINGS:
         raise ValueError(
             f"medssl.losses.{fn}: centering must be one of {CENTERINGS}, got {centering!r}"

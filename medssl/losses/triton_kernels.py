@@ -39,6 +39,8 @@ __all__ = [
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _DOT_F32 = triton_interpreter_enabled()
+# 64 x 256 fp32 accumulators (D = 256) need 8 warps to stay in registers.
+_NUM_WARPS = 8
 # Enough programs to fill an H100 (132 SMs) twice over.
 _TARGET_PROGRAMS = 264
 
@@ -359,7 +361,7 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
             features.stride(0), prototypes.stride(0), targets.stride(0), targets.stride(1),
             1.0 / student_temp,
             T=targets.shape[0], BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_D=_block_d(d),
-            PRECISION=precision, DOT_F32=_DOT_F32,
+            PRECISION=precision, DOT_F32=_DOT_F32, num_warps=_NUM_WARPS,
         )  # fmt: skip
         loss, lse, mass = _merge_stats(stats)
         ctx.save_for_backward(features, prototypes, targets, weights, lse, mass)
@@ -378,7 +380,7 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
         tgt_scale = (grad_loss.float() * inv_t).contiguous()
         soft_scale = (mass * tgt_scale).contiguous()
         common = dict(T=targets.shape[0], BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_D=_block_d(d),
-                      PRECISION=precision, DOT_F32=_DOT_F32)  # fmt: skip
+                      PRECISION=precision, DOT_F32=_DOT_F32, num_warps=_NUM_WARPS)  # fmt: skip
         grad_f = grad_w = None
         if ctx.needs_input_grad[0]:
             n_split, per = _splits(rows, k, block_b, block_k)
@@ -450,7 +452,7 @@ def prototype_targets(
         features.stride(0), prototypes.stride(0), out.stride(0),
         1.0 / temp,
         HAS_CENTER=c is not None, BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_D=_block_d(d),
-        PRECISION=_precision(features.dtype), DOT_F32=_DOT_F32,
+        PRECISION=_precision(features.dtype), DOT_F32=_DOT_F32, num_warps=_NUM_WARPS,
     )  # fmt: skip
     if centering == "sinkhorn_knopp":
         return _sinkhorn_in_place(out, 1.0, n_iter)
