@@ -101,7 +101,8 @@ def collapse_metrics(
         log_k = math.log(k) if k > 1 else 1.0
         log_u = math.log(min(k, n)) if min(k, n) > 1 else 1.0
         names += ["teacher_entropy", "teacher_entropy_ratio", "usage_entropy", "usage_ratio"]
-        values += [h, h / log_k, u, u / log_u]
+        # Soft rows can make the batch mean broader than log min(K, N): clamp the ratio at 1.
+        values += [h, h / log_k, u, torch.clamp(u / log_u, max=1.0)]
     if student_cls is not None:
         names += ["cls_std", "cls_effective_rank"]
         values += [feature_std(student_cls), effective_rank(student_cls)]
