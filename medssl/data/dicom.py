@@ -67,8 +67,8 @@ def _decode(ds) -> np.ndarray:  # noqa: ANN001
         name = getattr(ts, "name", str(ts))
         if ts is not None and getattr(ts, "is_compressed", False):
             raise DicomReadError(
-                f"no installed decoder for transfer syntax {name!r}; install pylibjpeg with "
-                "pylibjpeg-libjpeg / pylibjpeg-openjpeg, or python-gdcm"
+                f"no installed decoder for transfer syntax {name!r}; install one "
+                "(pip install 'medssl[dicom]', or pylibjpeg-openjpeg, or python-gdcm)"
             ) from exc
         raise DicomReadError(f"pixel data cannot be decoded: {exc}") from exc
 

@@ -7,6 +7,7 @@ import math
 import shutil
 from pathlib import Path
 
+import nrrd
 import numpy as np
 import pytest
 import torch
@@ -77,6 +78,12 @@ def test_image_folder_mixed_formats(tmp_path: Path, pydicom_data: Path) -> None:
     frames = ImageFolder(root=str(tmp_path), image_size=8, frame="all")
     assert len(frames) == 3 + 10  # every frame of the 10-frame MR
     assert not torch.equal(frames[3]["image"], frames[4]["image"])
+    nrrd.write(
+        str(tmp_path / "dogs" / "v.nrrd"), np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    )
+    slices = ImageFolder(root=str(tmp_path), image_size=8, frame="all", slice_axis=0)
+    assert len(slices) == 13 + 4  # plus every slice of the volume along axis 0
+    assert {r.frame for r in slices.records if r.path.endswith(".nrrd")} == {0, 1, 2, 3}
     with pytest.raises(FileNotFoundError, match="no readable image"):
         ImageFolder(root=str(FIXTURES / "chexpert"))
 

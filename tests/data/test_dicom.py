@@ -62,9 +62,10 @@ def test_every_file_reads_or_fails_clearly(pydicom_data: Path, name: str) -> Non
 
 
 def _affine_fit(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
-    """Slope of ours ~ a * reference + b and the worst residual."""
-    a, b = np.polyfit(reference.ravel(), ours.ravel().astype(np.float64), 1)
-    residual = np.abs(ours - (a * reference + b)).max()
+    """Slope of ours ~ a * reference + b (fit on a subsample) and the worst residual."""
+    x, y = reference.ravel(), ours.ravel().astype(np.float64)
+    a, b = np.polyfit(x[::7], y[::7], 1)
+    residual = np.abs(y - (a * x + b)).max()
     return float(a), float(residual)
 
 
