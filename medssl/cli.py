@@ -179,5 +179,9 @@ main.add_command(export)
 main.add_command(ablate)
 main.add_command(visualize)
 
+from medssl.cli_plugin import plugin  # noqa: E402  (the author kit's `medssl plugin new`)
+
+main.add_command(plugin)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
