@@ -11,6 +11,8 @@ with a reason that names the file and the cause (never a tag value that could be
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -50,7 +52,7 @@ def _read_dataset(path: str | Path, stop_before_pixels: bool = False):  # noqa: 
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as exc:
-        raise DicomReadError(f"not a DICOM file ({exc})") from exc
+        raise DicomReadError(f"not a DICOM file ({_scrub(str(exc))})") from exc
 
 
 def count_dicom_frames(path: str | Path) -> int:
@@ -70,7 +72,7 @@ def _decode(ds) -> np.ndarray:  # noqa: ANN001
                 f"no installed decoder for transfer syntax {name!r}; install one "
                 "(pip install 'medssl[dicom]', or pylibjpeg-openjpeg, or python-gdcm)"
             ) from exc
-        raise DicomReadError(f"pixel data cannot be decoded: {exc}") from exc
+        raise DicomReadError(f"pixel data cannot be decoded: {_scrub(str(exc))}") from exc
 
 
 def _output_range(arr_voi: np.ndarray, ds) -> tuple[float, float] | None:  # noqa: ANN001
@@ -159,7 +161,29 @@ def dicom_to_float(ds, frame: FrameSpec = "middle", voi: bool = True) -> np.ndar
     return out[None]
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
+
+
+def _scrub(message: str) -> str:
+    """Drop quoted values from a library message: they may be tag values (names, IDs)."""
+    return _QUOTED.sub("<value>", " ".join(message.split()))[:200]
+
+
 def read_dicom(path: str | Path, frame: FrameSpec = "middle", voi: bool = True) -> np.ndarray:
-    """Read a DICOM file into ``[C, H, W]`` float32 in [0, 1] (see :func:`dicom_to_float`)."""
-    ds = _read_dataset(path)
-    return dicom_to_float(ds, frame=frame, voi=voi)
+    """Read a DICOM file into ``[C, H, W]`` float32 in [0, 1] (see :func:`dicom_to_float`).
+
+    pydicom's warnings about invalid elements are silenced (they quote tag values) and
+    any other error becomes a :class:`DicomReadError` with quoted values removed, so
+    failure reports stay free of PHI.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = _read_dataset(path)
+            return dicom_to_float(ds, frame=frame, voi=voi)
+        except (DicomReadError, MemoryError):
+            raise
+        except Exception as exc:
+            raise DicomReadError(
+                f"unreadable DICOM: {type(exc).__name__}: {_scrub(str(exc))}"
+            ) from exc

@@ -172,3 +172,17 @@ def test_not_dicom(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00" * 10)
     with pytest.raises(DicomReadError, match="not a DICOM file"):
         read_dicom(bad)
+
+
+def test_errors_do_not_quote_tag_values(tmp_path: Path, pydicom_data: Path) -> None:
+    ds = pydicom.dcmread(pydicom_data / "emri_small.dcm")
+    ds.PatientName, ds.PatientID = "DOE^JANE", "PID12345"
+    ds.save_as(tmp_path / "x.dcm")
+    data = (tmp_path / "x.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) // 3])  # truncated pixel data
+    with pytest.raises(DicomReadError) as info:
+        read_dicom(tmp_path / "cut.dcm")
+    assert "DOE" not in str(info.value) and "PID12345" not in str(info.value)
+    from medssl.data.dicom import _scrub
+
+    assert _scrub("Invalid value 'DOE^JANE' for PN") == "Invalid value <value> for PN"
