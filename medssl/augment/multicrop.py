@@ -254,11 +254,6 @@ class MultiCropPolicy(BasePolicy):
             )
             views.global_crops = self._render(src, scale, group, o.global_crop_size)
             views.n_global = self.n_global
-            grid = o.global_crop_size // patch
-            if request.block_masks is not None:
-                views.block_masks = block_masks(
-                    self.n_global * batch, grid, grid, request.block_masks, generator
-                ).to(images.device)
         if request.local_crops and o.n_local_crops > 0:
             group = self._sample_group(
                 o.n_local_crops,
@@ -276,6 +271,12 @@ class MultiCropPolicy(BasePolicy):
             views.single_view = self._plain_view(
                 src, scale, o.global_crop_size, o.global_scale, o.ratio, o.hflip_prob, generator
             )
+        if needs_global and request.block_masks is not None:
+            # Last, so that on a GPU this CPU loop overlaps the kernels queued above.
+            grid = o.global_crop_size // patch
+            views.block_masks = block_masks(
+                self.n_global * batch, grid, grid, request.block_masks, generator
+            ).to(images.device, non_blocking=True)
         views.mae_masks = self._mae_masks(
             request, batch, o.global_crop_size, generator, images.device
         )
