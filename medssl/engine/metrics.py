@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from pathlib import Path
@@ -23,10 +24,17 @@ class MetricsWriter:
         self.rows: list[dict[str, Any]] = []
         self.columns: list[str] = ["step"]
         if resume_step is not None and self.path.is_file():
-            with self.path.open(newline="") as fh:
-                reader = csv.DictReader(fh)
-                self.columns = list(reader.fieldnames or ["step"])
-                self.rows = [row for row in reader if int(row["step"]) <= resume_step]
+            text = self.path.read_text()
+            if not text.endswith("\n"):
+                # A process killed mid-append leaves a partial last row: drop it.
+                text = text[: text.rfind("\n") + 1]
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            self.columns = list(reader.fieldnames or ["step"])
+            self.rows = [
+                row
+                for row in reader
+                if None not in row.values() and int(row["step"]) <= resume_step
+            ]
         self._rewrite()
         self.tensorboard = None
         try:

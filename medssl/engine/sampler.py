@@ -9,7 +9,9 @@ from torch.utils.data import Sampler
 
 
 class EpochSampler(Sampler[int]):
-    """Shuffles ``size`` indices per epoch with ``seed + epoch`` and shards them by rank.
+    """Shuffles ``size`` indices per epoch with ``seed + epoch`` and deals them out to the
+    ranks in turn (as ``torch.utils.data.DistributedSampler`` does); the tail that does not
+    divide evenly is dropped.
 
     ``start`` skips the first indices of this rank's share, so a run resumed mid-epoch sees
     exactly the samples an uninterrupted run would have seen next.
@@ -36,8 +38,11 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))
-        per_rank = self.size // self.world_size
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        # Strided, not blocked: the k-th batch of every rank together is a slice of the
+        # epoch's order, so each global batch holds the same images whatever the number of
+        # ranks (and accumulation steps) — a 2-rank run sees the batches of a 1-rank run.
+        usable = self.size // self.world_size * self.world_size
+        return order[self.rank : usable : self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices()[self.start :])

@@ -35,7 +35,7 @@ from medssl.engine.model import SSLModel
 from medssl.engine.run_info import run_info
 from medssl.engine.sampler import EpochSampler
 from medssl.plugins import Registry
-from medssl.types import ObjectiveContext
+from medssl.types import ObjectiveContext, Views
 
 log = logging.getLogger("medssl.train")
 
@@ -76,23 +76,44 @@ def _stop_on_signals() -> Iterator[_StopFlag]:
             signal.signal(sig, handler)
 
 
+def make_strategy(name: str) -> Any:
+    """The Fabric strategy for ``train.strategy``.
+
+    FSDP shards every transformer block (student and teacher alike, so the EMA update pairs
+    shard with shard) and keeps the original parameters visible (``use_orig_params``),
+    which the layer-wise learning-rate groups, the frozen teacher and the EMA need.
+    """
+    if name != "fsdp":
+        return name
+    from lightning.fabric.strategies import FSDPStrategy
+    from timm.models.vision_transformer import Block
+
+    return FSDPStrategy(
+        sharding_strategy="FULL_SHARD",
+        auto_wrap_policy={Block},
+        state_dict_type="full",
+        use_orig_params=True,
+    )
+
+
 def _make_fabric(train: Any) -> Any:
     from lightning.fabric import Fabric
 
     precision = "32-true" if train.precision in ("32", "32-true") else train.precision
     accelerator = "cuda" if train.accelerator == "gpu" else train.accelerator
-    strategy = train.strategy
-    if strategy == "fsdp":
-        from lightning.fabric.strategies import FSDPStrategy
-
-        strategy = FSDPStrategy(sharding_strategy="FULL_SHARD")
     return Fabric(
         accelerator=accelerator,
-        strategy=strategy,
+        strategy=make_strategy(train.strategy),
         devices=train.devices,
         num_nodes=train.num_nodes,
         precision=precision,
     )
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -141,9 +162,10 @@ class Trainer:
             torch.set_num_threads(opts.threads)
         self.fabric = _make_fabric(opts)
         self.fabric.launch()
-        self.fabric.seed_everything(
-            self.recipe.recipe.seed + self.fabric.global_rank, verbose=False
-        )
+        seed = self.recipe.recipe.seed
+        # Every rank builds the same initial weights (no reliance on DDP's broadcast, which
+        # FSDP and the teacher's EMA copy would not get); per-rank seeds come after building.
+        _seed_all(seed)
         registry = self.registry
 
         self.dataset = build_component(registry, self.recipe.data)
@@ -201,6 +223,10 @@ class Trainer:
             objectives[spec.key.split(".", 1)[1]] = (objective, spec.weight)
         model = SSLModel(student, objectives)
         self.request = model.view_request()
+        mask_token = getattr(student, "mask_token", None)
+        if self.request.block_masks is None and isinstance(mask_token, torch.nn.Parameter):
+            # Unused without block masks: DDP would wait forever for its gradient.
+            mask_token.requires_grad_(False)
         if self.request.text and not getattr(self.dataset, "has_text", False):
             raise RecipeError(
                 f"an enabled objective needs report text but dataset {self.recipe.data.name!r} "
@@ -244,7 +270,8 @@ class Trainer:
             fused=fused or None,
         )
         if opts.compile:
-            model.student = torch.compile(model.student)  # type: ignore[assignment]
+            # In place, so parameter names (checkpoints, EMA pairs) keep no ``_orig_mod.``.
+            model.student.compile()
         self.model, self.optimizer = self.fabric.setup(model, optimizer)
         self.raw_model = model
 
@@ -261,9 +288,14 @@ class Trainer:
             num_workers=opts.num_workers,
             drop_last=True,
             persistent_workers=False,
+            # Its own generator, reseeded every epoch (``_batches``): creating an iterator
+            # then never draws from the global RNG, so a resumed run's RNG stream matches.
+            generator=torch.Generator(),
         )
+        rank = self.fabric.global_rank
         self.generator = torch.Generator(device=self.fabric.device)
-        self.generator.manual_seed(self.recipe.recipe.seed * 1000 + self.fabric.global_rank)
+        self.generator.manual_seed(seed * 1000 + rank)
+        _seed_all(seed + rank)  # drop-path and anything else drawing from the global RNG
 
     # -- run directory ------------------------------------------------------------------------
     def _prepare_run_dir(self) -> int:
@@ -279,9 +311,10 @@ class Trainer:
                 model_state, state = ckpt.load_checkpoint(latest)
                 self.raw_model.load_state_dict(model_state)
                 self.optimizer.load_state_dict(state["optimizer"])
-                _set_rng_state(state["rng"], self.generator)
+                self._restore_rng(state["rng"])
                 start_step = int(state["step"])
                 self.failures_total = state.get("failures_total", 0)
+                self.diagnostics_state = state.get("diagnostics")
                 log.info("resumed from %s (step %d)", latest, start_step)
         elif ckpt.list_checkpoints(ckpt_dir):
             raise RecipeError(
@@ -312,34 +345,91 @@ class Trainer:
             (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
         return start_step
 
-    def _save(self, step: int) -> Path | None:
+    def _restore_rng(self, saved: Any) -> None:
+        """Each rank takes back its own RNG streams (checkpoints hold one per rank)."""
+        rank, world = self.fabric.global_rank, self.fabric.world_size
+        per_rank = saved if isinstance(saved, list) else [saved]
+        if len(per_rank) == world:
+            _set_rng_state(per_rank[rank], self.generator)
+            return
+        log.warning(
+            "the checkpoint holds RNG states of %d ranks but this run has %d; reseeding "
+            "the augmentation and global RNG (weights, optimiser and data order resume exactly)",
+            len(per_rank),
+            world,
+        )
+
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        state = _rng_state(self.generator)
+        if self.fabric.world_size == 1:
+            return [state]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.fabric.world_size
+        dist.all_gather_object(gathered, state)
+        return gathered
+
+    def _save(self, step: int, diagnostics: _DiagnosticsTracker | None = None) -> Path | None:
         path = None
+        rng = self._gather_rng()  # a collective: every rank takes part
+        model_state = self._full_model_state()
+        optimizer_state = self._full_optimizer_state()
         if self.fabric.global_rank == 0:
             state = {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "step": step,
-                "rng": _rng_state(self.generator),
+                "rng": rng,
                 "failures_total": self.failures_total,
+                "diagnostics": diagnostics.state_dict() if diagnostics is not None else None,
+                "world_size": self.fabric.world_size,
             }
             path = ckpt.save_checkpoint(
                 self.run_dir / "checkpoints",
                 step,
-                self.raw_model.state_dict(),
+                model_state,
                 state,
                 self.train_opts.keep_checkpoints,
             )
-            self._export_backbone(step)
+            self._export_backbone(step, model_state)
         self.fabric.barrier()
         return path
 
-    def _export_backbone(self, step: int) -> None:
+    def _is_fsdp(self) -> bool:
+        from lightning.fabric.strategies import FSDPStrategy
+
+        return isinstance(self.fabric.strategy, FSDPStrategy)
+
+    def _full_model_state(self) -> dict[str, torch.Tensor]:
+        """The whole (unsharded) state dict; under FSDP gathered onto rank 0 by all ranks."""
+        if not self._is_fsdp():
+            return self.raw_model.state_dict()
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        with FSDP.state_dict_type(
+            self.model._forward_module, StateDictType.FULL_STATE_DICT, config
+        ):
+            state = self.model._forward_module.state_dict()
+        return {k.replace("_fsdp_wrapped_module.", ""): v for k, v in state.items()}
+
+    def _full_optimizer_state(self) -> dict[str, Any]:
+        if not self._is_fsdp():
+            return self.optimizer.state_dict()
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP.optim_state_dict(self.model._forward_module, self.optimizer.optimizer)
+
+    def _export_backbone(self, step: int, model_state: dict[str, torch.Tensor]) -> None:
         """``backbone.safetensors``: the teacher (or student) encoder alone, for eval/export."""
         from safetensors.torch import save_file
 
-        source = (
-            self.raw_model.teacher.backbone if self.raw_model.teacher else self.raw_model.student
-        )
-        state = {k: v.detach().cpu().contiguous() for k, v in source.state_dict().items()}
+        prefix = "teacher.backbone." if self.raw_model.teacher is not None else "student."
+        state = {
+            k[len(prefix) :]: v.detach().cpu().contiguous()
+            for k, v in model_state.items()
+            if k.startswith(prefix)
+        }
         tmp = self.run_dir / "backbone.safetensors.tmp"
         save_file(state, str(tmp), metadata={"step": str(step)})
         os.replace(tmp, self.run_dir / "backbone.safetensors")
@@ -353,6 +443,7 @@ class Trainer:
         while True:
             epoch, offset = divmod(micro, micro_per_epoch)
             self.sampler.set_epoch(epoch, start=offset * self.train_opts.batch_size)
+            self.loader.generator.manual_seed(self.recipe.recipe.seed * 100_003 + epoch)
             self.epoch_end_check(epoch)
             for batch in self.loader:
                 yield epoch, batch
@@ -410,6 +501,8 @@ class Trainer:
         window_start, window_images = time.perf_counter(), 0
         progress = _Progress(self.total_steps, start_step, enabled=self.progress_bar)
         diagnostics = _DiagnosticsTracker(self.raw_model)
+        if getattr(self, "diagnostics_state", None):
+            diagnostics.load_state_dict(self.diagnostics_state)
         self.model.train()
         log.info(
             "training %d steps (%d per epoch), global batch %d, peak lr %.3g, objectives: %s",
@@ -433,29 +526,13 @@ class Trainer:
                     self._epoch_seen += len(failures) + int(batch["image"].shape[0])
                     self.failures_total += len(failures)
                     images = self.fabric.to_device(batch["image"])
-                    kwargs = {"text": batch.get("text")} if self.request.text else {}
-                    with torch.no_grad():
-                        views = self.policy(images, self.request, self.generator, **kwargs)
-                    with self.fabric.no_backward_sync(self.model, enabled=micro < accum - 1):
-                        loss, micro_metrics, outputs = self.model(
-                            views, step / self.total_steps, epoch, step
-                        )
-                        self.fabric.backward(loss / accum)
+                    micro_metrics, outputs = self.micro_step(
+                        images, batch.get("text"), step, epoch, micro == accum - 1
+                    )
                     for key, value in micro_metrics.items():
                         step_metrics[key] = step_metrics.get(key, 0.0) + value / accum
                     window_images += int(images.shape[0]) * self.fabric.world_size
-                self._cancel_frozen_grads(epoch)
-                if opts.clip_grad:
-                    self.fabric.clip_gradients(
-                        self.model,
-                        self.optimizer,
-                        max_norm=opts.clip_grad,
-                        error_if_nonfinite=False,
-                    )
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    ema_update(self.raw_model.ema_pairs(), scheduled["momentum"])
+                self.optimizer_step(epoch, scheduled["momentum"])
                 step += 1
 
                 if step % opts.diagnostics_every == 0 or step == self.total_steps:
@@ -478,15 +555,21 @@ class Trainer:
                     opts.max_minutes is not None
                     and time.perf_counter() - started > opts.max_minutes * 60
                 )
+                signalled, out_of_time = self._agree_stop(stop.signal is not None, out_of_time)
                 if (
                     step % opts.checkpoint_every == 0
                     or step == self.total_steps
-                    or stop.signal
+                    or signalled
                     or out_of_time
                 ):
-                    last_ckpt = self._save(step)
-                if stop.signal or out_of_time:
-                    reason = f"signal {stop.signal}" if stop.signal else "train.max_minutes"
+                    last_ckpt = self._save(step, diagnostics)
+                if signalled or out_of_time:
+                    reason = (
+                        f"signal {signal.Signals(stop.signal).name}"
+                        if stop.signal
+                        else ("a signal to another rank" if signalled else "train.max_minutes")
+                    )
+                    self.stop_reason = reason
                     log.warning(
                         "stopping at step %d (%s); checkpoint saved, continue with --resume",
                         step,
@@ -511,6 +594,49 @@ class Trainer:
             self.run_dir,
         )
         return RunResult(self.run_dir, step, stopped, last_metrics, last_ckpt, summary)
+
+    def micro_step(
+        self, images: torch.Tensor, text: list[str] | None, step: int, epoch: int, last: bool
+    ) -> tuple[dict[str, float], Any]:
+        """Views, forward and backward of one micro-batch; gradients sync on the ``last``."""
+        kwargs = {"text": text} if self.request.text else {}
+        with torch.no_grad():
+            views = self.policy(images, self.request, self.generator, **kwargs)
+        return self.forward_backward(views, step, epoch, last)
+
+    def forward_backward(
+        self, views: Views, step: int, epoch: int, last: bool
+    ) -> tuple[dict[str, float], Any]:
+        with self.fabric.no_backward_sync(self.model, enabled=not last):
+            loss, metrics, outputs = self.model(views, step / self.total_steps, epoch, step)
+            self.fabric.backward(loss / self.train_opts.grad_accumulation)
+        return metrics, outputs
+
+    def optimizer_step(self, epoch: int, momentum: float) -> None:
+        """Clip, step, zero the gradients and move the EMA teacher."""
+        self._cancel_frozen_grads(epoch)
+        if self.train_opts.clip_grad:
+            self.fabric.clip_gradients(
+                self.model,
+                self.optimizer,
+                max_norm=self.train_opts.clip_grad,
+                error_if_nonfinite=False,
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            ema_update(self.raw_model.ema_pairs(), momentum)
+
+    def _agree_stop(self, signalled: bool, out_of_time: bool) -> tuple[bool, bool]:
+        """Stop every rank when any rank is told to (SLURM may signal only some), so no
+        rank waits forever in a collective that the others left."""
+        if self.fabric.world_size == 1:
+            return signalled, out_of_time
+        import torch.distributed as dist
+
+        flags = torch.tensor([float(signalled), float(out_of_time)], device=self.fabric.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
 
     def _cancel_frozen_grads(self, epoch: int) -> None:
         # DINOv2 both zeroes the last layer's LR and drops its gradient in the first epoch(s).
@@ -548,6 +674,13 @@ class _DiagnosticsTracker:
 
     def summary(self) -> dict[str, Any]:
         return self.monitor.summary()
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self.monitor))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self.monitor, key, value)
 
 
 class _Progress:

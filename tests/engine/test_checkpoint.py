@@ -1,0 +1,48 @@
+"""Atomic, verified checkpoints: what a kill at any moment can leave behind is skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from medssl.engine import checkpoint as ckpt
+
+
+def _save(directory: Path, step: int, keep: int = 3) -> Path:
+    model = {"w": torch.full((2, 3), float(step)), "b": torch.arange(3.0)}
+    return ckpt.save_checkpoint(directory, step, model, {"step": step}, keep)
+
+
+def test_round_trip_and_keep_last_k(tmp_path: Path) -> None:
+    for step in (1, 2, 3, 4):
+        _save(tmp_path, step, keep=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+    model, state = ckpt.load_checkpoint(ckpt.latest_valid_checkpoint(tmp_path))
+    assert state["step"] == 4
+    assert torch.equal(model["w"], torch.full((2, 3), 4.0))
+
+
+def test_corrupt_or_unfinished_checkpoints_are_skipped(tmp_path: Path) -> None:
+    _save(tmp_path, 1)
+    newest = _save(tmp_path, 2)
+    # A half-written temporary folder (killed before the rename) is not a checkpoint.
+    (tmp_path / ".tmp_step_00000003_123").mkdir()
+    # A flipped byte in the newest one: its hash no longer matches the manifest.
+    data = bytearray((newest / ckpt.MODEL_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (newest / ckpt.MODEL_FILE).write_bytes(bytes(data))
+    assert ckpt.latest_valid_checkpoint(tmp_path).name == "step_00000001"
+    with pytest.raises(ValueError, match="failed verification"):
+        ckpt.load_checkpoint(newest)
+    # No manifest (killed before it was written): skipped as well.
+    (newest / ckpt.MANIFEST_FILE).unlink()
+    assert not ckpt.verify_checkpoint(newest)
+
+
+def test_shared_storage_is_saved(tmp_path: Path) -> None:
+    weight = torch.randn(4, 4)
+    path = ckpt.save_checkpoint(tmp_path, 5, {"a": weight, "tied": weight, "t": weight.T}, {}, 1)
+    model, _ = ckpt.load_checkpoint(path)
+    assert torch.equal(model["tied"], weight) and torch.equal(model["t"], weight.T)
