@@ -25,7 +25,7 @@ def _setup_logging(verbose: bool) -> None:
         root.addHandler(handler)
     root.setLevel(level)
     # Lightning's banner lines are noise for a CLI user.
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
 
 
 def _registry() -> Registry:
@@ -167,21 +167,14 @@ def plugins(as_json: bool) -> None:
         click.echo(f"plugin {dist!r} blocked by MEDSSL_DISABLE_PLUGINS", err=True)
 
 
-# Feature commands live beside their features; each adds one line here.
+# Feature commands live beside their features.
 from medssl.cli_augment import augment_preview  # noqa: E402
-
-main.add_command(augment_preview)
-
+from medssl.cli_data import prepare  # noqa: E402
 from medssl.cli_eval import ablate, eval_command, export, visualize  # noqa: E402
+from medssl.cli_plugin import plugin  # noqa: E402
 
-main.add_command(eval_command)
-main.add_command(export)
-main.add_command(ablate)
-main.add_command(visualize)
-
-from medssl.cli_plugin import plugin  # noqa: E402  (the author kit's `medssl plugin new`)
-
-main.add_command(plugin)
+for _command in (augment_preview, prepare, eval_command, export, ablate, visualize, plugin):
+    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -85,7 +85,7 @@ def make_strategy(name: str) -> Any:
     """
     if name != "fsdp":
         return name
-    from lightning.fabric.strategies import FSDPStrategy
+    from lightning_fabric.strategies import FSDPStrategy
     from timm.models.vision_transformer import Block
 
     return FSDPStrategy(
@@ -97,7 +97,7 @@ def make_strategy(name: str) -> Any:
 
 
 def _make_fabric(train: Any) -> Any:
-    from lightning.fabric import Fabric
+    from lightning_fabric import Fabric
 
     precision = "32-true" if train.precision in ("32", "32-true") else train.precision
     accelerator = "cuda" if train.accelerator == "gpu" else train.accelerator
@@ -309,8 +309,7 @@ class Trainer:
                 log.warning("--resume: no valid checkpoint in %s; starting from scratch", ckpt_dir)
             else:
                 model_state, state = ckpt.load_checkpoint(latest)
-                self.raw_model.load_state_dict(model_state)
-                self.optimizer.load_state_dict(state["optimizer"])
+                self._load_full_state(model_state, state["optimizer"])
                 self._restore_rng(state["rng"])
                 start_step = int(state["step"])
                 self.failures_total = state.get("failures_total", 0)
@@ -395,7 +394,7 @@ class Trainer:
         return path
 
     def _is_fsdp(self) -> bool:
-        from lightning.fabric.strategies import FSDPStrategy
+        from lightning_fabric.strategies import FSDPStrategy
 
         return isinstance(self.fabric.strategy, FSDPStrategy)
 
@@ -412,6 +411,24 @@ class Trainer:
         ):
             state = self.model._forward_module.state_dict()
         return {k.replace("_fsdp_wrapped_module.", ""): v for k, v in state.items()}
+
+    def _load_full_state(
+        self, model_state: dict[str, Any], optimizer_state: dict[str, Any]
+    ) -> None:
+        """Load what :meth:`_full_model_state` / :meth:`_full_optimizer_state` saved."""
+        if not self._is_fsdp():
+            self.raw_model.load_state_dict(model_state)
+            self.optimizer.load_state_dict(optimizer_state)
+            return
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        module = self.model._forward_module
+        config = FullStateDictConfig(offload_to_cpu=True, rank0_only=False)
+        with FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT, config):
+            module.load_state_dict(model_state)
+            flat = FSDP.optim_state_dict_to_load(module, self.optimizer.optimizer, optimizer_state)
+        self.optimizer.load_state_dict(flat)
 
     def _full_optimizer_state(self) -> dict[str, Any]:
         if not self._is_fsdp():

@@ -225,7 +225,7 @@ def test_compile_option_trains(tmp_path: Path) -> None:
 
 
 def test_fsdp_strategy_shards_blocks_with_original_parameters() -> None:
-    from lightning.fabric.strategies import FSDPStrategy
+    from lightning_fabric.strategies import FSDPStrategy
     from timm.models.vision_transformer import Block
 
     strategy = make_strategy("fsdp")
