@@ -40,7 +40,10 @@ def default_chunk_size(rows: int, k: int) -> int:
 
 
 def _autocast(*tensors: Tensor) -> tuple[Tensor, ...]:
-    """Cast to the autocast dtype when autocast is on, as it would for the head's matmul."""
+    """Cast to the autocast dtype when autocast is on, as it would for the head's matmul.
+
+    The callers then run with autocast off: the fp32 softmax arithmetic must stay fp32.
+    """
     device = tensors[0].device.type
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
@@ -311,15 +314,17 @@ def prototype_cross_entropy(
             f"[{n_crops}, {targets.shape[0]}] (student crops, teacher crops)"
         )
     crop_weights = crop_weights.detach().float()
-    if resolve_impl(impl, student_features, fn) == "triton":
-        from medssl.losses import triton_kernels
+    use_triton = resolve_impl(impl, student_features, fn) == "triton"
+    with torch.autocast(student_features.device.type, enabled=False):
+        if use_triton:
+            from medssl.losses import triton_kernels
 
-        return triton_kernels.prototype_cross_entropy(
-            student_features, targets, prototypes, float(student_temp), crop_weights
+            return triton_kernels.prototype_cross_entropy(
+                student_features, targets, prototypes, float(student_temp), crop_weights
+            )
+        return _PrototypeCrossEntropy.apply(
+            student_features, prototypes, targets, crop_weights, float(student_temp), chunk
         )
-    return _PrototypeCrossEntropy.apply(
-        student_features, prototypes, targets, crop_weights, float(student_temp), chunk
-    )
 
 
 @torch.no_grad()
@@ -344,6 +349,23 @@ def prototype_targets(
     fn = "prototype_targets"
     chunk = _check_head(fn, teacher_features, prototypes, chunk_size)
     teacher_features, prototypes = _autocast(teacher_features, prototypes)
+    with torch.autocast(teacher_features.device.type, enabled=False):
+        return _prototype_targets(
+            teacher_features, prototypes, temp, centering, center, n_iter, impl, chunk
+        )
+
+
+def _prototype_targets(
+    teacher_features: Tensor,
+    prototypes: Tensor,
+    temp: float,
+    centering: str,
+    center: Tensor | None,
+    n_iter: int,
+    impl: str,
+    chunk: int,
+) -> Tensor:
+    fn = "prototype_targets"
     if centering not in CENTERINGS:
         raise ValueError(
             f"medssl.losses.{fn}: centering must be one of {CENTERINGS}, got {centering!r}"
