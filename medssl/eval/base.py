@@ -30,7 +30,7 @@ class EvalOptions(BaseModel):
         None, description="a dataset block to evaluate on; default: the recipe's data block"
     )
     split: Literal["auto", "dataset", "random"] = Field(
-        "auto", description="'auto': the dataset's own train/val split when it has one"
+        "auto", description="'auto': the dataset's own train/val split when it has one (its 'split' option)"
     )
     val_fraction: float = Field(0.2, gt=0, lt=1, description="held out by a random split")
     seed: int = 0

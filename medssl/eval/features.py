@@ -207,7 +207,9 @@ def load_splits(
         image_size=image_size, batch_size=batch_size, patches=patches, pixel_size=pixel_size
     )
     name = block.get("name")
-    own_split = split in ("auto", "dataset") and block.get("split") is None
+    # The recipe's data block usually names its training split (split: train); the
+    # probe then trains on that split and validates on the adapter's 'val' split.
+    own_split = split in ("auto", "dataset") and block.get("split") in (None, "train", "val")
     datasets: tuple[Dataset, Dataset] | None = None
     if own_split and _has_split_option(registry, block):
         try:
