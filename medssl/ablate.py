@@ -155,6 +155,7 @@ def run_ablation(
         )
     log.info("ablation: %d variants in %s", len(variants), out)
     summaries = []
+    floor_cache: dict[str, Any] = {}  # the floors do not depend on the variant's encoder
     for v, resolved in zip(variants, resolved_all, strict=True):
         run_dir = out / v.name
         if _done(run_dir, v):
@@ -167,7 +168,7 @@ def run_ablation(
                 raise RuntimeError(
                     f"variant {v.name} stopped before its last step; rerun ablate to resume it"
                 )
-            run_evaluators(run_dir, resolved, registry)
+            run_evaluators(run_dir, resolved, registry, floor_cache=floor_cache)
             (run_dir / "variant.json").write_text(json.dumps(v.signature(), indent=2))
         payload = json.loads((run_dir / "eval.json").read_text())
         summaries.append(

@@ -39,9 +39,16 @@ def evaluate(
     specs: Sequence[ComponentSpec],
     registry: Registry,
     default_data: dict[str, Any] | None,
+    floor_cache: dict[str, Any] | None = None,
 ) -> list[EvalResult]:
-    """Run each evaluator spec on ``encoder``; features are shared between them."""
+    """Run each evaluator spec on ``encoder``; features are shared between them.
+
+    Pass the same ``floor_cache`` when evaluating several encoders on the same data so
+    the raw-pixel floors are fit once.
+    """
     ctx = EvalContext(encoder, registry, default_data)
+    if floor_cache is not None:
+        ctx.floor_cache = floor_cache
     results = []
     for spec in specs:
         evaluator = build_component(registry, spec)
@@ -60,6 +67,7 @@ def run_evaluators(
     registry: Registry,
     specs: Sequence[ComponentSpec] | None = None,
     out_dir: str | Path | None = None,
+    floor_cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run directory (or HF folder); write and return ``eval.json``'s content.
 
@@ -73,7 +81,7 @@ def run_evaluators(
         raise RecipeError("no evaluator to run: the recipe has no 'eval:' list", None, "eval")
     encoder = load_encoder(run_dir, resolved_recipe, registry)
     default_data = dict(resolved_recipe.recipe.data) if resolved_recipe is not None else None
-    results = evaluate(encoder, specs, registry, default_data)
+    results = evaluate(encoder, specs, registry, default_data, floor_cache)
     header = {
         "source": str(run_dir),
         "encoder": {"image_size": encoder.image_size, **encoder.info},

@@ -9,6 +9,8 @@ never read alone.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -30,7 +32,8 @@ class EvalOptions(BaseModel):
         None, description="a dataset block to evaluate on; default: the recipe's data block"
     )
     split: Literal["auto", "dataset", "random"] = Field(
-        "auto", description="'auto': the dataset's own train/val split when it has one (its 'split' option)"
+        "auto",
+        description="'auto': the dataset's own train/val split when it has one (its 'split' option)",
     )
     val_fraction: float = Field(0.2, gt=0, lt=1, description="held out by a random split")
     seed: int = 0
@@ -82,6 +85,20 @@ class EvalContext:
     registry: Registry
     default_data: dict[str, Any] | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    floor_cache: dict[str, Any] = field(default_factory=dict)
+
+    def floor(self, name: str, opts: EvalOptions, compute: Callable[[], Any]) -> Any:
+        """A floor depends on the data, split and probe, not on the encoder: computed once
+        per ``floor_cache`` (shared across encoders by ``medssl ablate`` and benchmarks)."""
+        e = self.encoder
+        key = json.dumps(
+            [name, opts.model_dump(), self.default_data, e.image_size, e.mean, e.std, e.in_chans],
+            sort_keys=True,
+            default=str,
+        )
+        if key not in self.floor_cache:
+            self.floor_cache[key] = compute()
+        return self.floor_cache[key]
 
     def splits(self, opts: EvalOptions, name: str, *, patches: bool = False) -> Splits:
         block = opts.data if opts.data is not None else self.default_data

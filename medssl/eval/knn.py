@@ -59,7 +59,13 @@ class KNN(Evaluator):
         score = score_targets(t, x_tr, x_va, probe, notes)
         # Raw pixels are centred first: uncentred grey images are all nearly parallel.
         centre = splits.train.pixels.mean(0, keepdims=True)
-        pixels = score_targets(t, splits.train.pixels - centre, splits.val.pixels - centre, probe)
+        pixels = ctx.floor(
+            self.name,
+            o,
+            lambda: score_targets(
+                t, splits.train.pixels - centre, splits.val.pixels - centre, probe
+            ),
+        )
         if not score:
             raise ValueError(f"evaluator {self.name!r}: no target could be scored ({notes})")
         return EvalResult(

@@ -58,7 +58,11 @@ class LinearProbe(Evaluator):
         probe = LogisticProbe(o.C, o.seed)
         x_tr, x_va = splits.train.features(o.features), splits.val.features(o.features)
         score = score_targets(t, x_tr, x_va, probe, notes)
-        pixels = score_targets(t, splits.train.pixels, splits.val.pixels, probe)
+        pixels = ctx.floor(
+            self.name,
+            o,
+            lambda: score_targets(t, splits.train.pixels, splits.val.pixels, probe),
+        )
         if not score:
             raise ValueError(f"evaluator {self.name!r}: no target could be scored ({notes})")
         return EvalResult(

@@ -76,7 +76,13 @@ class MetadataProbe(Evaluator):
                     t = Targets("multiclass", classes, y_tr, y_va)
                     keep = lambda m: m in ("accuracy", "auroc")  # noqa: E731
             score = score_targets(t, x_tr[i_tr], x_va[i_va], probe, notes)
-            pixels = score_targets(t, tr.pixels[i_tr], va.pixels[i_va], probe)
+            pixels = ctx.floor(
+                f"{self.name}:{key}",
+                o,
+                lambda t=t, i_tr=i_tr, i_va=i_va: score_targets(
+                    t, tr.pixels[i_tr], va.pixels[i_va], probe
+                ),
+            )
             new = rows_with_floors(score, {"pixels": pixels, "trivial": trivial_scores(t)}, keep)
             for row in new:
                 row.target = key

@@ -140,8 +140,12 @@ class SegmentationProbe(Evaluator):
         )
         as_nchw = lambda a: torch.from_numpy(a.astype(np.float32)).permute(0, 3, 1, 2)  # noqa: E731
         pred = fit_decoder(as_nchw(tr.patches), m_tr, as_nchw(va.patches), n_classes, **kwargs)
-        pred_pix = fit_decoder(
-            as_nchw(tr.pixel_patches), m_tr, as_nchw(va.pixel_patches), n_classes, **kwargs
+        pred_pix = ctx.floor(
+            self.name,
+            o,
+            lambda: fit_decoder(
+                as_nchw(tr.pixel_patches), m_tr, as_nchw(va.pixel_patches), n_classes, **kwargs
+            ),
         )
         freq = torch.stack([(m_tr == c).float().mean(0) for c in range(n_classes)])
         average = freq.argmax(0).expand_as(m_va)
