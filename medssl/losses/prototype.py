@@ -27,13 +27,15 @@ __all__ = ["prototype_cross_entropy", "prototype_targets", "default_chunk_size"]
 
 CENTERINGS = ("softmax_center", "sinkhorn_knopp", "none")
 
-# One fp32 [rows, chunk] tile is kept around this size: small enough that the few live
-# tiles stay far below the eager B x K matrices, large enough for efficient matmuls.
-_TILE_BYTES = 4 * 2**20
+# One fp32 [rows, chunk] tile is kept around this size: far below the eager B x K matrices
+# (256 MiB each at B = 1024, K = 65,536), large enough that per-op overhead stays small --
+# on the shared 2-core CPU of benchmarks/RESULTS.md, 16 MiB tiles ran the DINO head 2x
+# faster than 4 MiB ones for 12 MiB more memory. chunk_size overrides it.
+_TILE_BYTES = 16 * 2**20
 
 
 def default_chunk_size(rows: int, k: int) -> int:
-    """Prototypes per tile for ``rows`` rows: about 4 MiB of fp32, a multiple of 256."""
+    """Prototypes per tile for ``rows`` rows: about 16 MiB of fp32, a multiple of 256."""
     c = _TILE_BYTES // (4 * max(rows, 1))
     c = max(256, (c // 256) * 256)
     return min(c, k)
@@ -281,7 +283,7 @@ def prototype_cross_entropy(
     Under autocast the features and prototypes are cast to its dtype (as the matmul would
     be); the softmax arithmetic stays fp32. Gradients flow to the features and the
     prototypes (in their own dtypes). The ``[B, K]`` logits are never
-    materialised: the torch path works on ``[B, chunk_size]`` tiles (``None``: about 4 MiB
+    materialised: the torch path works on ``[B, chunk_size]`` tiles (``None``: about 16 MiB
     of fp32 per tile), the Triton path on register tiles.
     """
     fn = "prototype_cross_entropy"

@@ -176,5 +176,5 @@ def test_targets_reject_bad_options() -> None:
 
 
 def test_default_chunk_keeps_tiles_small() -> None:
-    assert default_chunk_size(1024, 65536) * 1024 * 4 <= 4 * 2**20
+    assert default_chunk_size(1024, 65536) * 1024 * 4 <= 16 * 2**20
     assert default_chunk_size(3, 100) == 100
