@@ -17,9 +17,9 @@ What makes the two runs comparable, and which terms are reduced across ranks:
 - KoLeo is per-rank, as in DINOv2 (nearest neighbours within the rank's own crops), so it
   is not part of this comparison: with it a 2-rank run is *meant* to differ.
 
-Tolerance: gradients of the first step match to 1e-5 of each tensor's largest gradient;
-parameters after 3 AdamW steps (lr 1e-3) match to 1e-6 absolute. The measured differences
-(fp32 summation order of the all-reduce) are about 1e-7 relative.
+Tolerance: gradients of the first step match to 1e-5 of each tensor's largest gradient
+(measured: about 1e-7, the fp32 summation order of the all-reduce); parameters, teacher
+and centres after 3 AdamW steps (lr 1e-3) as :func:`assert_same_weights` states.
 """
 
 from __future__ import annotations
@@ -50,6 +50,21 @@ def assert_scaled_close(a: dict, b: dict, rel: float, what: str) -> None:
         scale = b[key].abs().max().item()
         diff = (a[key] - b[key]).abs().max().item()
         assert diff <= rel * scale + 1e-12, f"{what} {key}: max diff {diff:.3g}, scale {scale:.3g}"
+
+
+def assert_same_weights(got: dict, want: dict) -> None:
+    """Parameters after a few AdamW steps: within 1e-4 (a tenth of one step at lr 1e-3)
+    everywhere, and within 1e-6 for all but 0.5% of the elements. AdamW divides by the
+    gradient's running RMS, so an element whose gradient is near zero turns fp32
+    summation-order noise into a visible step (measured: max 8.9e-6, 2 of ~40k elements
+    beyond 1e-6; a wrong reduction moves most elements by ~lr)."""
+    beyond, total = 0, 0
+    for key, value in got.items():
+        diff = (value.float() - want[key].float()).abs()
+        assert diff.max().item() <= 1e-4, f"{key}: max diff {diff.max().item():.3g}"
+        beyond += int((diff > 1e-6).sum())
+        total += diff.numel()
+    assert beyond <= 0.005 * total, f"{beyond} of {total} elements differ by more than 1e-6"
 
 
 @pytest.mark.slow
@@ -92,7 +107,9 @@ def test_two_gloo_ranks_match_one_process_with_the_combined_batch(tmp_path: Path
     grads = load_file(str(out / "rank0_grads.safetensors"))
     assert_scaled_close(grads, single.first_grads, 1e-5, "first-step gradient")
     reference = single.raw_model.state_dict()
-    for key, value in states[0].items():
-        torch.testing.assert_close(value, reference[key], rtol=0, atol=1e-6, msg=key)
+    assert_same_weights(states[0], reference)
     # The iBOT centre moved (mean centring) and matches the global-batch centre.
     assert reference["objectives.ibot.center"].abs().sum() > 0
+    torch.testing.assert_close(
+        states[0]["objectives.ibot.center"], reference["objectives.ibot.center"]
+    )

@@ -20,7 +20,7 @@ from medssl.engine.trainer import make_strategy
 from medssl.testing.pytest_plugin import TINY_RECIPE
 
 from .engine_worker import HEAD, recipe, train
-from .test_distributed import assert_scaled_close
+from .test_distributed import assert_same_weights, assert_scaled_close
 
 # -- gradient accumulation ----------------------------------------------------------------
 
@@ -45,9 +45,7 @@ def test_two_micro_batches_of_two_equal_one_batch_of_four(tmp_path: Path) -> Non
     assert full.peak_lr == accum.peak_lr
     # Measured: ~1e-7 relative (fp32 summation order).
     assert_scaled_close(accum.first_grads, full.first_grads, 1e-5, "accumulated gradient")
-    reference = full.raw_model.state_dict()
-    for key, value in accum.raw_model.state_dict().items():
-        torch.testing.assert_close(value, reference[key], rtol=0, atol=1e-6, msg=key)
+    assert_same_weights(accum.raw_model.state_dict(), full.raw_model.state_dict())
 
 
 def test_accumulation_is_not_equivalent_for_sinkhorn_knopp(tmp_path: Path) -> None:
