@@ -93,9 +93,11 @@ class DatasetContractTests:
         del tmp_path
         return dict(self.options)
 
-    @pytest.fixture
-    def dataset(self, tmp_path: Any) -> Dataset:
-        return type(self).factory(**self.make_options(tmp_path))
+    @pytest.fixture(scope="class")
+    @classmethod
+    def dataset(cls, tmp_path_factory: Any) -> Dataset:
+        """One instance per test class (building may read every file's header)."""
+        return cls.factory(**cls().make_options(tmp_path_factory.mktemp("dataset")))
 
     def indices(self, dataset: Dataset) -> list[int]:
         n = len(dataset)  # type: ignore[arg-type]

@@ -172,3 +172,16 @@ def test_dicom_series_reads_in_hounsfield_units(tmp_path):
     got = decode_hu(ds[2]["image"][0]).flatten().sort().values
     want = torch.from_numpy(hu[2].astype(np.float32)).flatten().sort().values
     torch.testing.assert_close(got, want, atol=0.5, rtol=0)
+
+
+def test_split_keeps_neighbouring_slices_together():
+    common = {"root": str(VOLUMES), "volumes": [CHEST], "image_size": 16, "split_block": 8}
+    everything = CTVolume(**common)
+    train = CTVolume(split="train", **common)
+    val = CTVolume(split="val", **common)
+    assert len(train) + len(val) == len(everything) == 66
+    assert 0.1 < len(val) / len(everything) < 0.3
+    val_slices = [val._locate(i)[1] for i in range(len(val))]
+    train_slices = {train._locate(i)[1] for i in range(len(train))}
+    assert not train_slices & set(val_slices)
+    assert all(b - a == 1 for a, b in zip(val_slices[:8], val_slices[1:8], strict=False))

@@ -193,6 +193,11 @@ class CTVolume(Dataset):
             None, description="class name -> label values; class i becomes i + 1, rest 0"
         )
         with_mask: bool = Field(False, description="yield 'mask' (every volume needs one)")
+        split: Literal["all", "train", "val"] = Field(
+            "all", description="blocks of split_block slices (or patches) held out for 'val'"
+        )
+        val_fraction: float = Field(0.2, gt=0, lt=1)
+        split_block: int = Field(8, ge=1, description="neighbouring slices stay on one side")
         seed: int = 0
 
         @field_validator("slab_slices")
@@ -228,7 +233,7 @@ class CTVolume(Dataset):
         self.mask_names = ["background", *o.mask_classes] if o.mask_classes is not None else None
         self._lut = self._label_lut(o.mask_classes)
         self._percentiles: dict[str, tuple[float, float]] = {}
-        self.volumes: list[tuple[str, str | None, int]] = []  # image, mask, positions
+        self.volumes: list[tuple[str, str | None, list[int]]] = []  # image, mask, positions
         self.skipped: list[tuple[str, str]] = []
         for entry in entries:
             image = self._resolve(root, entry.image, "image")
@@ -250,13 +255,24 @@ class CTVolume(Dataset):
                     for n, s, t in zip(shape, spacing, o.spacing, strict=True)
                 )
             if o.mode == "patch":
-                positions = o.patches_per_volume
+                count, step = o.patches_per_volume, 1
             else:
-                positions = math.ceil(shape[o.axis] / o.slice_stride)
-            self.volumes.append((image, mask if o.with_mask else None, positions))
+                count, step = math.ceil(shape[o.axis] / o.slice_stride), o.slice_stride
+            positions = [p for p in range(count) if self._in_split(p * step)]
+            if positions:
+                self.volumes.append((image, mask if o.with_mask else None, positions))
         if not self.volumes:
             raise ValueError("ct_volume: no readable volume (see the warnings above)")
-        self._starts = np.cumsum([0] + [n for _, _, n in self.volumes])
+        self._starts = np.cumsum([0] + [len(p) for _, _, p in self.volumes])
+
+    def _in_split(self, position: int) -> bool:
+        """Blocks of ``split_block`` slices: one block in ``1 / val_fraction`` is validation."""
+        o = self.options
+        if o.split == "all":
+            return True
+        period = max(2, round(1 / o.val_fraction))
+        is_val = (position // o.split_block) % period == period - 1
+        return is_val == (o.split == "val")
 
     @staticmethod
     def _resolve(root: Path | None, name: str, what: str) -> str:
@@ -304,7 +320,7 @@ class CTVolume(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"ct_volume: index {index} out of range for {len(self)} samples")
         volume = int(np.searchsorted(self._starts, index, side="right") - 1)
-        return volume, index - int(self._starts[volume])
+        return volume, self.volumes[volume][2][index - int(self._starts[volume])]
 
     def _range(self, image_path: str, voxels: np.ndarray) -> tuple[float, float]:
         o = self.options
