@@ -267,7 +267,10 @@ class Trainer:
             lr=self.peak_lr,
             betas=opts.betas,
             weight_decay=opts.weight_decay,
+            # One fused kernel on CUDA. On the CPU the foreach path gains no speed but
+            # allocates temporaries the size of the whole model; tensor by tensor does not.
             fused=fused or None,
+            foreach=None if fused else False,
         )
         if opts.compile:
             # In place, so parameter names (checkpoints, EMA pairs) keep no ``_orig_mod.``.
