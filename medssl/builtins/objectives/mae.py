@@ -98,6 +98,11 @@ class MAE(ConfiguredObjective):
 
     def loss(self, out: StepOutputs) -> ObjectiveResult:
         x = self._image(out)
+        if x.ndim != 4:
+            raise ValueError(
+                f"objective 'mae' reconstructs 2D images [N, C, H, W], got shape "
+                f"{tuple(x.shape)}; for volumes use a 3D MAE (e.g. medssl-ct's 'mae3d')"
+            )
         masks = out.views.mae_masks
         p = self.ctx.patch_size
         n, _, h, w = x.shape
