@@ -36,6 +36,7 @@ SEPARABLE = {
 }
 
 
+@pytest.mark.slow
 def test_two_micro_batches_of_two_equal_one_batch_of_four(tmp_path: Path) -> None:
     full = train(recipe(tmp_path / "full", SEPARABLE, {"batch_size": 4, "steps": 2}))
     accum = train(
@@ -48,6 +49,7 @@ def test_two_micro_batches_of_two_equal_one_batch_of_four(tmp_path: Path) -> Non
     assert_same_weights(accum.raw_model.state_dict(), full.raw_model.state_dict())
 
 
+@pytest.mark.slow
 def test_accumulation_is_not_equivalent_for_sinkhorn_knopp(tmp_path: Path) -> None:
     """The control: Sinkhorn-Knopp over 2 rows is not Sinkhorn-Knopp over 4."""
     objectives = {"dino": {**HEAD, "centering": "sinkhorn_knopp"}}
