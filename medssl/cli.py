@@ -94,6 +94,7 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, output_dir: str |
     The run directory holds config.yaml (the resolved recipe), run.json (versions,
     plugins, seed), metrics.csv, loss_curves.png, checkpoints/ and backbone.safetensors.
     """
+    from medssl.data.robust import TooManyLoadFailures
     from medssl.engine.model import NonFiniteLossError
     from medssl.engine.trainer import train
 
@@ -103,7 +104,7 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, output_dir: str |
     resolved = _load(recipe, overrides, registry)
     try:
         result = train(resolved, registry, resume=resume)
-    except (RecipeError, NonFiniteLossError) as exc:
+    except (RecipeError, NonFiniteLossError, TooManyLoadFailures) as exc:
         raise click.ClickException(str(exc)) from None
     if resolved.evaluators and not result.stopped_early:
         from medssl.eval import run_evaluators

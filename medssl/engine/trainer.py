@@ -27,6 +27,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from medssl.config import RecipeError, ResolvedRecipe, build_component
+from medssl.data.robust import LoadFailures
 from medssl.engine import checkpoint as ckpt
 from medssl.engine import schedules
 from medssl.engine.ema import ema_update
@@ -473,26 +474,24 @@ class Trainer:
 
     def epoch_end_check(self, epoch: int) -> None:
         """Report the files that failed to load in the last epoch; abort above the limit."""
-        if getattr(self, "_epoch_seen", 0) and self._epoch_failures:
-            share = len(self._epoch_failures) / self._epoch_seen
-            shown = "; ".join(f"{p}: {r}" for p, r in self._epoch_failures[:10])
-            more = len(self._epoch_failures) - 10
-            log.warning(
-                "%d of %d images failed to load and were skipped (%.1f%%): %s%s",
-                len(self._epoch_failures),
-                self._epoch_seen,
-                100 * share,
-                shown,
-                f" (+{more} more)" if more > 0 else "",
-            )
-            if share > self.train_opts.max_failure_share:
-                raise RuntimeError(
-                    f"{100 * share:.1f}% of the images failed to load, above "
-                    f"train.max_failure_share={self.train_opts.max_failure_share}; "
-                    "fix the dataset or raise the limit"
-                )
-        self._epoch_failures: list[tuple[str, str]] = []
-        self._epoch_seen = 0
+        tracker = self.load_failures
+        if tracker.n_failed:
+            log.warning("epoch %d: %s", epoch - 1, tracker.summary())
+            tracker.check()
+        tracker.reset()
+
+    def _next_batch(
+        self, batches: Iterator[tuple[int, dict[str, Any]]]
+    ) -> tuple[int, dict[str, Any]]:
+        """The next batch with images; batches whose every file failed are counted, skipped."""
+        while True:
+            epoch, batch = next(batches)
+            failures = batch.get("failures") or []
+            n_good = int(batch["image"].shape[0]) if "image" in batch else 0
+            self.load_failures.update(failures, n_seen=len(failures) + n_good)
+            self.failures_total += len(failures)
+            if n_good:
+                return epoch, batch
 
     def _set_schedules(self, step: int) -> dict[str, float]:
         values = self.schedules.at(step)
@@ -505,6 +504,7 @@ class Trainer:
     def fit(self) -> RunResult:
         self._build()
         self.failures_total = 0
+        self.load_failures = LoadFailures(self.train_opts.max_failure_share)
         start_step = self._prepare_run_dir()
         metrics_writer = (
             MetricsWriter(self.run_dir, resume_step=start_step if self.resume else None)
@@ -540,11 +540,7 @@ class Trainer:
                 step_metrics: dict[str, float] = {}
                 outputs = None
                 for micro in range(accum):
-                    epoch, batch = next(batches)
-                    failures = batch.get("failures") or []
-                    self._epoch_failures.extend(failures)
-                    self._epoch_seen += len(failures) + int(batch["image"].shape[0])
-                    self.failures_total += len(failures)
+                    epoch, batch = self._next_batch(batches)
                     images = self.fabric.to_device(batch["image"])
                     micro_metrics, outputs = self.micro_step(
                         images, batch.get("text"), step, epoch, micro == accum - 1
