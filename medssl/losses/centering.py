@@ -52,9 +52,13 @@ def sinkhorn_normalize_(q: Tensor, n_iter: int) -> Tensor:
     """
     world = dist.get_world_size() if _distributed() else 1
     rows, k = q.shape
-    b_total = rows * world
+    b_total: float | Tensor = rows
     total = q.sum()
     if world > 1:
+        # Ranks may hold different row counts (iBOT's masked patches): reduce the count too,
+        # as DINOv2 all-reduces n_masked_patches.
+        b_total = torch.tensor(float(rows), dtype=q.dtype, device=q.device)
+        dist.all_reduce(b_total)
         dist.all_reduce(total)
     q.div_(total)
     for _ in range(n_iter):
