@@ -210,8 +210,9 @@ def main() -> None:
         # The summary is rewritten after every probe, so a stopped run keeps its table.
         (args.out / "learning_quality.md").write_text(summary(records, args, time.time() - started))
 
-    for seed in args.seeds:
-        for condition in args.conditions:
+    # Condition-major, so the first conditions get every seed even if the run is stopped.
+    for condition in args.conditions:
+        for seed in args.seeds:
             t0 = time.time()
             if condition == "random":
                 torch.manual_seed(seed)
