@@ -222,6 +222,12 @@ class Trainer:
                 )
             )
             objectives[spec.key.split(".", 1)[1]] = (objective, spec.weight)
+        # Continued pre-training: heads shipped beside a backbone.init folder start the heads.
+        from medssl.export.huggingface import apply_initial_heads
+
+        loaded = apply_initial_heads(student, {k: o for k, (o, _) in objectives.items()})
+        if loaded:
+            log.info("initial heads loaded from backbone.init for: %s", ", ".join(loaded))
         model = SSLModel(student, objectives)
         self.request = model.view_request()
         mask_token = getattr(student, "mask_token", None)
