@@ -17,7 +17,14 @@ from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medssl.plugins import Registry, UnknownComponentError
 
@@ -88,6 +95,12 @@ class TrainOptions(_Strict):
     diagnostics_every: int = Field(10, gt=0)
     max_failure_share: float = Field(0.05, ge=0, le=1, description="abort above this share")
     max_minutes: float | None = Field(None, gt=0, description="stop (with a checkpoint) after")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        # `train.precision=32` on the command line arrives as an int.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainOptions:

@@ -90,6 +90,7 @@ def test_overrides_and_new_objective_from_overrides(recipe, registry):
         registry,
     )
     assert resolved.train.batch_size == 8
+    assert load_recipe(recipe, ["train.precision=32"], registry).train.precision == "32"
     assert resolved.data.options["size"] == 5
     assert [(s.name, s.weight) for s in resolved.enabled_objectives] == [("other_loss", 0.5)]
 
