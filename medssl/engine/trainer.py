@@ -607,6 +607,9 @@ class Trainer:
         log.info("collapse diagnostics: final state %s", summary.get("final_state"))
         if self.fabric.global_rank == 0:
             (self.run_dir / "diagnostics.json").write_text(json.dumps(summary, indent=2))
+            if self.load_failures.n_failed:
+                # The epoch-start check never sees the last epoch: list its files here.
+                log.warning("last epoch: %s", self.load_failures.summary())
             if self.failures_total:
                 log.warning("%d images failed to load in this run in all", self.failures_total)
         log.info(
