@@ -100,6 +100,9 @@ def main() -> None:
     parser.add_argument("--no-masks", action="store_true")
     parser.add_argument("--json", help="Also write the results here.")
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_augment: CUDA is not available; nothing to measure (or pass --device cpu).")
+        return
     results = [
         measure(
             args.policy,

@@ -39,9 +39,22 @@ def bf16_peak(name: str) -> float | None:
     return None
 
 
+def use_triton_tiles(spec: str) -> None:
+    """Set the Triton head's tiles from ``BxKwW`` (e.g. ``128x64w8``) for a tile sweep."""
+    from medssl.losses import triton_kernels as tk
+
+    tiles, warps = spec.split("w")
+    block_b, block_k = (int(v) for v in tiles.split("x"))
+    tk.prototype_cross_entropy.__defaults__ = (None, block_b, block_k)
+    tk.prototype_targets.__defaults__ = (block_b, block_k)
+    tk._NUM_WARPS = int(warps)
+
+
 def run_variant(variant: str, args, flops: float) -> dict:
     x = make_inputs(images=args.images, dim=args.dim, k=args.k, device="cuda")
-    step = make_step(variant, x)
+    if "@" in variant:  # triton@128x64w8: the Triton path with other tiles
+        use_triton_tiles(variant.split("@")[1])
+    step = make_step(variant.split("@")[0], x)
     t_compile = time.perf_counter()
     for _ in range(3):  # warm-up (and compilation)
         x.zero_grad()
@@ -82,6 +95,10 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=65536)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--variants", default="eager,compiled,chunked,triton")
+    parser.add_argument(
+        "--triton-tiles", default="", help="extra Triton tiles, e.g. 128x64w8,64x128w4"
+    )
+    parser.add_argument("--profile", action="store_true", help="per-kernel CUDA times of triton")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 peak")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -96,7 +113,8 @@ def main() -> int:
     print(f"shape: {student_rows} student + {teacher_rows} teacher rows, D={args.dim}, "
           f"K={args.k}; {flops / 1e9:.0f} GFLOP per step (eager count)")  # fmt: skip
     results = []
-    for variant in args.variants.split(","):
+    variants = args.variants.split(",") + [f"triton@{t}" for t in args.triton_tiles.split(",") if t]
+    for variant in variants:
         try:
             results.append(run_variant(variant, args, flops))
         except Exception as exc:  # report and go on: one failing variant must not hide the rest
@@ -111,7 +129,32 @@ def main() -> int:
         share = f"{100 * r['tflops'] / peak:.1f}" if peak else "–"
         print(f"| {r['variant']} | {r['ms']:.3f} | {speed} | {r['act_mib']:.0f} | "
               f"{r['tflops']:.1f} | {share} | {r['warmup_s']:.1f} | {r['loss']:.5f} |")  # fmt: skip
+    if args.profile:
+        profile_triton(args)
     return 0
+
+
+def profile_triton(args) -> None:
+    """Per-kernel CUDA time of one Triton step (default tiles), to see where time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    use_triton_tiles("64x64w8")
+    x = make_inputs(images=args.images, dim=args.dim, k=args.k, device="cuda")
+    step = make_step("triton", x)
+    for _ in range(2):
+        x.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            x.zero_grad()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                step()
+        torch.cuda.synchronize()
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50)
+    )
 
 
 if __name__ == "__main__":

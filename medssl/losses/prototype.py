@@ -208,6 +208,13 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
+        # backward() called inside an autocast region runs this under autocast too; the
+        # einsum/matmul dtypes here are chosen explicitly and must not be recast.
+        with torch.autocast(grad_loss.device.type, enabled=False):
+            return _PrototypeCrossEntropy._backward(ctx, grad_loss)
+
+    @staticmethod
+    def _backward(ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
         features, prototypes, targets, weights, lse, mass, pw = ctx.saved_tensors
         need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_f or need_w):

@@ -100,6 +100,26 @@ def test_cross_entropy_crop_targets(n_teacher, dtype) -> None:
     torch.testing.assert_close(gw.double(), want_gw, atol=2 * grad_tol, rtol=0)
 
 
+def test_cross_entropy_backward_inside_autocast() -> None:
+    """fp32 parameters, bf16 autocast, backward called inside the autocast region (as a
+    loss.backward() under ``with torch.autocast(...)`` does): grads match the bf16 eager ones."""
+    g = torch.Generator().manual_seed(3)
+    f = F.normalize(torch.randn(10, 16, generator=g), dim=-1).requires_grad_()
+    w = F.normalize(torch.randn(70, 16, generator=g), dim=-1).requires_grad_()
+    p = torch.softmax(torch.randn(2, 5, 70, generator=g) / 0.1, -1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = prototype_cross_entropy(f, p, w, 0.1, impl="torch", chunk_size=32).sum()
+        loss.backward()
+    dense = p.sum(0).repeat(2, 1).double()
+    want, want_gf, want_gw = eager_loss_and_grads(
+        f.bfloat16(), w.bfloat16(), dense, 0.1, torch.ones(10, dtype=torch.float64)
+    )
+    assert f.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), want.sum(), atol=0.3, rtol=0)
+    torch.testing.assert_close(f.grad.double(), want_gf, atol=0.1, rtol=0)
+    torch.testing.assert_close(w.grad.double(), want_gw, atol=0.1, rtol=0)
+
+
 def test_cross_entropy_loose_bound_falls_back_to_running_max(monkeypatch) -> None:
     """Unnormalised rows whose logits sit far below |f| max|w| / tau (exp would underflow)."""
     calls = []
