@@ -2,7 +2,8 @@
 
 ``teacher = m * teacher + (1 - m) * student`` for every parameter, done in place with the
 ``torch._foreach`` kernels as DINOv2's ``SSLMetaArch.update_teacher`` does (one fused
-launch per device and dtype instead of one per tensor). Buffers are copied.
+launch per device and dtype instead of one per tensor; here one ``lerp`` rather than a
+``mul`` and an ``add``, so one pass over each teacher tensor). Buffers are copied.
 """
 
 from __future__ import annotations
@@ -47,5 +48,5 @@ def ema_update(pairs: Iterable[tuple[nn.Module, nn.Module]], momentum: float) ->
                 buf.copy_(s_buffers[name])
     if not teacher_params:
         return
-    torch._foreach_mul_(teacher_params, momentum)
-    torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+    # t + (1 - m)(s - t) = m t + (1 - m) s
+    torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)

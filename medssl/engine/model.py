@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import ExitStack
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +57,9 @@ class SSLModel(nn.Module):
         self.weights = {name: weight for name, (_, weight) in objectives.items()}
         self.uses_teacher = any(obj.uses_teacher for obj, _ in objectives.values())
         self.teacher = _Teacher(student) if self.uses_teacher else None
+        # Modules that share work between the objectives of one forward (the DINO / iBOT
+        # heads normalise their prototypes once): each offers a ``step_cache()`` context.
+        self._step_caches = [m for m in self.modules() if callable(getattr(m, "step_cache", None))]
 
     def view_request(self) -> ViewRequest:
         patch_size = int(self.student.patch_size)
@@ -93,17 +97,28 @@ class SSLModel(nn.Module):
             epoch=epoch,
             step=step,
         )
-        total: Tensor | None = None
+        with ExitStack() as caches:
+            for module in self._step_caches:
+                caches.enter_context(module.step_cache())
+            return self._losses(out, step)
+
+    def _losses(self, out: StepOutputs, step: int) -> tuple[Tensor, dict[str, float], StepOutputs]:
+        results = {name: objective.loss(out) for name, objective in self.objectives.items()}
+        assert results, "SSLModel needs at least one objective"
+        # One host transfer for every loss value (each .item() is a device sync on CUDA).
+        values = torch.stack(
+            [r.loss.detach().float().reshape(()) for r in results.values()]
+        ).tolist()
         metrics: dict[str, float] = {}
-        for name, objective in self.objectives.items():
-            result = objective.loss(out)
-            value = result.loss.detach().float().item()
+        for (name, result), value in zip(results.items(), values, strict=True):
             if not math.isfinite(value):
                 raise NonFiniteLossError(name, step, value)
-            weighted = result.loss * self.weights[name]
-            total = weighted if total is None else total + weighted
             metrics[f"loss_{name}"] = value
             metrics.update({f"{name}/{key}": v for key, v in result.metrics.items()})
-        assert total is not None, "SSLModel needs at least one objective"
+        total: Tensor | None = None
+        for name, result in results.items():
+            weighted = result.loss * self.weights[name]
+            total = weighted if total is None else total + weighted
+        assert total is not None
         metrics["loss"] = total.detach().float().item()
         return total, metrics, out

@@ -138,9 +138,16 @@ class _SelfDistillation(ConfiguredObjective):
             return protos.detach(), head.last_layer.weight.sum() * 0.0
         return protos, None
 
-    def _cross_entropy(self, feats: Tensor, probs: Tensor, protos: Tensor) -> Tensor:
+    def _cross_entropy(
+        self, feats: Tensor, probs: Tensor, protos: Tensor, crop_weights: Tensor | None = None
+    ) -> Tensor:
         return prototype_cross_entropy(
-            feats.to(protos.dtype), probs, protos, self.options.student_temp, impl=self.options.impl
+            feats.to(protos.dtype),
+            probs,
+            protos,
+            self.options.student_temp,
+            impl=self.options.impl,
+            crop_weights=crop_weights,
         )
 
 
@@ -218,18 +225,13 @@ class DINO(_SelfDistillation):
         t_crops = probs.view(ng, b, -1)
         protos, keepalive = self._student_prototypes(self.head, out.step)
 
-        s_global = self.head.features(student.cls)
-        total = s_global.new_zeros((), dtype=torch.float32)
-        if ng > 1:
-            # Shift k pairs student crop i with teacher crop i - k: all j != i over k = 1..ng-1.
-            t_rows = torch.cat([t_crops.roll(k, dims=0).flatten(0, 1) for k in range(1, ng)])
-            s_rows = torch.cat([s_global] * (ng - 1))
-            total = total + self._cross_entropy(s_rows, t_rows, protos).sum()
-        if local is not None:
-            # [ng, B, K] targets: every local crop against every teacher global crop, no copies.
-            total = (
-                total + self._cross_entropy(self.head.features(local.cls), t_crops, protos).sum()
-            )
+        # Every student crop in one pass over the prototypes: global crop i is scored
+        # against every teacher global crop j != i, each local crop against all of them
+        # (crop weights [ng + nl, ng]; by linearity, the sum of the per-pair losses).
+        cls = student.cls if local is None else torch.cat([student.cls, local.cls])
+        crop_weights = torch.ones(ng + nl, ng, device=probs.device)
+        crop_weights[:ng].fill_diagonal_(0.0)
+        total = self._cross_entropy(self.head.features(cls), t_crops, protos, crop_weights).sum()
         loss = total / (b * n_pairs)
         if keepalive is not None:
             loss = loss + keepalive

@@ -7,15 +7,56 @@ layer is ``x @ normalize(V).T``, so this module keeps the raw weight ``V`` and h
 normalised rows (the *prototypes*) to :mod:`medssl.losses`, whose fused head never
 materialises the ``[B, K]`` logits. Parameter names follow DINOv2 (``mlp.0``, ``mlp.2``,
 ``mlp.4``; ``last_layer.weight`` is DINOv2's ``last_layer.weight_v``).
+
+The normalisation of the ``[K, bottleneck_dim]`` last layer (65,536 x 256 in DINOv2) is a
+few passes over 64 MiB, and DINO and iBOT each need it on the student and the teacher
+head: inside :meth:`DINOHead.step_cache` it is computed once per head and step, and its
+backward is one projection instead of autograd's generic division backward.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DINOHead", "build_teacher_head"]
+__all__ = ["DINOHead", "build_teacher_head", "normalize_rows"]
+
+_EPS = 1e-12  # F.normalize's default, which the head has always used
+
+
+class _NormalizeRows(torch.autograd.Function):
+    """``v / max(|v|, eps)`` row-wise, as ``F.normalize(v, dim=1)``, with a fused backward.
+
+    Autograd's backward of ``F.normalize`` differentiates a broadcast division (quotient
+    and divisor terms, a reduction over the broadcast) in about six passes over the matrix;
+    the closed form ``(g - w <g, w>) / |v|`` (``w`` the output) takes three.
+    """
+
+    @staticmethod
+    def forward(ctx, v: Tensor) -> Tensor:  # type: ignore[override]
+        norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
+        denom = norm.clamp_min(_EPS)
+        w = v / denom
+        ctx.save_for_backward(w, denom, norm >= _EPS)
+        return w
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        w, denom, unclamped = ctx.saved_tensors
+        # Rows whose norm was clamped to eps were divided by a constant: no projection.
+        dot = torch.linalg.vecdot(grad, w, dim=1).unsqueeze(1) * unclamped
+        return torch.addcmul(grad, w, dot, value=-1).div_(denom)
+
+
+def normalize_rows(v: Tensor) -> Tensor:
+    """L2-normalise the rows of a 2-D ``v`` (``F.normalize(v, dim=1)``, cheaper backward)."""
+    if v.dim() != 2:
+        raise ValueError(f"normalize_rows: expected a 2-D tensor, got shape {tuple(v.shape)}")
+    return _NormalizeRows.apply(v)
 
 
 class DINOHead(nn.Module):
@@ -56,6 +97,8 @@ class DINOHead(nn.Module):
         self.in_dim = in_dim
         self.n_prototypes = prototypes
         self.bottleneck_dim = bottleneck_dim
+        self._caching = False
+        self._cached: dict[bool, Tensor] = {}
         self.apply(_init_weights)
 
     def features(self, x: Tensor) -> Tensor:
@@ -66,8 +109,34 @@ class DINOHead(nn.Module):
 
     @property
     def prototypes(self) -> Tensor:
-        """Weight-normalised last layer ``[K, bottleneck_dim]`` (gain fixed at 1)."""
-        return F.normalize(self.last_layer.weight, dim=1)
+        """Weight-normalised last layer ``[K, bottleneck_dim]`` (gain fixed at 1).
+
+        Inside :meth:`step_cache` computed once (per grad mode) and reused: the weight does
+        not change within a forward pass, and gradients of every use add up in the one
+        normalisation's backward.
+        """
+        if not self._caching:
+            return normalize_rows(self.last_layer.weight)
+        grad = torch.is_grad_enabled()
+        cached = self._cached.get(grad)
+        if cached is None:
+            cached = self._cached[grad] = normalize_rows(self.last_layer.weight)
+        return cached
+
+    @contextmanager
+    def step_cache(self) -> Iterator[None]:
+        """Share :attr:`prototypes` between the objectives of one forward pass.
+
+        The engine opens it around the objectives' losses and closes it before the
+        backward and the optimiser step, which change the weight; closing drops the cached
+        tensors (what the backward needs stays in the autograd graph).
+        """
+        self._caching = True
+        try:
+            yield
+        finally:
+            self._caching = False
+            self._cached.clear()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x) @ self.prototypes.T

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medssl.builtins.objectives import DINO, IBOT
-from medssl.builtins.objectives.heads import DINOHead, load_dinov2_head
+from medssl.builtins.objectives.heads import DINOHead, load_dinov2_head, normalize_rows
 from medssl.testing.objectives import objective_context
 
 K, BOTTLENECK, HIDDEN, EMBED = 32, 8, 16, 12
@@ -112,3 +112,40 @@ def test_medssl_head_round_trips_through_safetensors(tmp_path: Path) -> None:
     load_dinov2_head(fresh, str(tmp_path / "h.safetensors"))
     x = torch.randn(2, EMBED)
     torch.testing.assert_close(fresh(x), head(x))
+
+
+def test_normalize_rows_matches_f_normalize_and_its_gradient() -> None:
+    v = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(normalize_rows, (v,))
+    with torch.no_grad():
+        v[2] = 0.0  # a clamped row: divided by eps, no projection in the gradient
+        v[4] *= 1e-14
+    grad = torch.randn(6, 5, dtype=torch.float64)
+    ours = normalize_rows(v)
+    expected = F.normalize(v, dim=1)
+    assert torch.equal(ours, expected)
+    (g_ours,) = torch.autograd.grad(ours, v, grad)
+    (g_expected,) = torch.autograd.grad(expected, v, grad)
+    torch.testing.assert_close(g_ours, g_expected, rtol=1e-12, atol=0.0)
+    with pytest.raises(ValueError, match="2-D"):
+        normalize_rows(torch.randn(2, 3, 4))
+
+
+def test_step_cache_normalises_once_and_sums_the_gradients() -> None:
+    head = DINOHead(EMBED, prototypes=K, hidden_dim=HIDDEN, bottleneck_dim=BOTTLENECK)
+    a, b = torch.randn(K, BOTTLENECK), torch.randn(K, BOTTLENECK)
+    assert head.prototypes is not head.prototypes  # no cache outside a step
+    expected = torch.autograd.grad(
+        (head.prototypes * a).sum() + (head.prototypes * b).sum(), head.last_layer.weight
+    )[0]
+    with head.step_cache():
+        first = head.prototypes
+        assert head.prototypes is first
+        with torch.no_grad():
+            detached = head.prototypes
+        assert detached is not first and not detached.requires_grad
+        assert head.prototypes is first
+        loss = (first * a).sum() + (head.prototypes * b).sum()
+    assert head.prototypes is not first  # closed: the next step sees the updated weight
+    (grad,) = torch.autograd.grad(loss, head.last_layer.weight)
+    torch.testing.assert_close(grad, expected)
