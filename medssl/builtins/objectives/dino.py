@@ -103,11 +103,14 @@ class _SelfDistillation(ConfiguredObjective):
         """Teacher probabilities of ``tokens`` (centred) and the teacher head's features."""
         feats = teacher_head.features(tokens)
         protos = teacher_head.prototypes
-        feats = feats.to(protos.dtype)
+        # The matmul's dtype under autocast, cast here: the head caches one cast of its
+        # prototypes per step for every objective instead of one per call.
+        device = feats.device.type
+        mm_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         o = self.options
         probs = prototype_targets(
-            feats,
-            protos,
+            feats.to(mm_dtype or protos.dtype),
+            teacher_head.prototypes_as(mm_dtype) if mm_dtype else protos,
             temp,
             centering=CENTERING_IMPL[o.centering],
             center=self.center if o.centering == "mean" else None,
@@ -122,7 +125,9 @@ class _SelfDistillation(ConfiguredObjective):
     def _update_center(self, feats: Tensor, protos: Tensor) -> None:
         # The mean of the logits is the mean feature times the prototypes: no [B, K] matrix.
         acc = torch.promote_types(feats.dtype, torch.float32)  # fp64 stays fp64 (reference tests)
-        batch_center = feats.to(acc).mean(dim=0, keepdim=True) @ protos.to(acc).T
+        # In acc (autocast off): a matrix-vector product, and no bf16 copy of the prototypes.
+        with torch.autocast(feats.device.type, enabled=False):
+            batch_center = feats.to(acc).mean(dim=0, keepdim=True) @ protos.to(acc).T
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(batch_center)
             batch_center /= dist.get_world_size()

@@ -32,8 +32,9 @@ class _NormalizeRows(torch.autograd.Function):
     """``v / max(|v|, eps)`` row-wise, as ``F.normalize(v, dim=1)``, with a fused backward.
 
     Autograd's backward of ``F.normalize`` differentiates a broadcast division (quotient
-    and divisor terms, a reduction over the broadcast) in about six passes over the matrix;
-    the closed form ``(g - w <g, w>) / |v|`` (``w`` the output) takes three.
+    and divisor terms, a reduction over the broadcast) in about six passes over the matrix
+    and as many fresh ``[K, D]`` tensors; the closed form ``(g - w <g, w>) / |v|`` (``w``
+    the output) takes three passes and allocates only the result.
     """
 
     @staticmethod
@@ -47,8 +48,11 @@ class _NormalizeRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         w, denom, unclamped = ctx.saved_tensors
+        # Row dot products as a batch of 1 x D @ D x 1 products: no [K, D] temporary (a
+        # fresh 64 MiB tensor costs more in page faults than its arithmetic on the CPU).
+        dot = torch.bmm(grad.unsqueeze(1), w.unsqueeze(2)).squeeze(2)
         # Rows whose norm was clamped to eps were divided by a constant: no projection.
-        dot = torch.linalg.vecdot(grad, w, dim=1).unsqueeze(1) * unclamped
+        dot = dot * unclamped
         return torch.addcmul(grad, w, dot, value=-1).div_(denom)
 
 
@@ -98,7 +102,7 @@ class DINOHead(nn.Module):
         self.n_prototypes = prototypes
         self.bottleneck_dim = bottleneck_dim
         self._caching = False
-        self._cached: dict[bool, Tensor] = {}
+        self._cached: dict[tuple[bool, torch.dtype | None], Tensor] = {}
         self.apply(_init_weights)
 
     def features(self, x: Tensor) -> Tensor:
@@ -117,10 +121,26 @@ class DINOHead(nn.Module):
         """
         if not self._caching:
             return normalize_rows(self.last_layer.weight)
-        grad = torch.is_grad_enabled()
-        cached = self._cached.get(grad)
+        key = (torch.is_grad_enabled(), None)
+        cached = self._cached.get(key)
         if cached is None:
-            cached = self._cached[grad] = normalize_rows(self.last_layer.weight)
+            cached = self._cached[key] = normalize_rows(self.last_layer.weight)
+        return cached
+
+    def prototypes_as(self, dtype: torch.dtype) -> Tensor:
+        """:attr:`prototypes` in ``dtype`` (the autocast dtype of a teacher's matmul).
+
+        Without gradient the cast is cached inside :meth:`step_cache` too (the teacher's
+        targets and centre of DINO and iBOT share one bf16 copy). With gradient every call
+        casts anew, so that each use's gradient is summed in the weight's precision.
+        """
+        protos = self.prototypes
+        if protos.dtype == dtype or not self._caching or torch.is_grad_enabled():
+            return protos.to(dtype)
+        key = (False, dtype)
+        cached = self._cached.get(key)
+        if cached is None:
+            cached = self._cached[key] = protos.to(dtype)
         return cached
 
     @contextmanager

@@ -149,3 +149,16 @@ def test_step_cache_normalises_once_and_sums_the_gradients() -> None:
     assert head.prototypes is not first  # closed: the next step sees the updated weight
     (grad,) = torch.autograd.grad(loss, head.last_layer.weight)
     torch.testing.assert_close(grad, expected)
+
+
+def test_prototypes_as_caches_the_no_grad_cast_only() -> None:
+    head = DINOHead(EMBED, prototypes=K, hidden_dim=HIDDEN, bottleneck_dim=BOTTLENECK)
+    with head.step_cache():
+        with torch.no_grad():
+            cast = head.prototypes_as(torch.bfloat16)
+            assert cast.dtype == torch.bfloat16
+            assert head.prototypes_as(torch.bfloat16) is cast
+            torch.testing.assert_close(cast, head.prototypes.to(torch.bfloat16))
+        # With gradient each use gets its own cast: gradients add up in fp32, not bf16.
+        assert head.prototypes_as(torch.bfloat16) is not head.prototypes_as(torch.bfloat16)
+        assert head.prototypes_as(torch.float32) is head.prototypes
