@@ -40,14 +40,16 @@ def bf16_peak(name: str) -> float | None:
 
 
 def use_triton_tiles(spec: str) -> None:
-    """Set the Triton head's tiles from ``BxKwW`` (e.g. ``128x64w8``) for a tile sweep."""
+    """Set the Triton head's tiles from ``BxKwWsS`` (e.g. ``128x64w8s3``) for a tile sweep."""
     from medssl.losses import triton_kernels as tk
 
-    tiles, warps = spec.split("w")
+    tiles, rest = spec.split("w")
+    warps, stages = rest.split("s")
     block_b, block_k = (int(v) for v in tiles.split("x"))
-    tk.prototype_cross_entropy.__defaults__ = (None, block_b, block_k)
-    tk.prototype_targets.__defaults__ = (block_b, block_k)
-    tk._NUM_WARPS = int(warps)
+    config = {"BLOCK_B": block_b, "BLOCK_K": block_k, "num_warps": int(warps),
+              "num_stages": int(stages)}  # fmt: skip
+    for dtype in list(tk._HEAD_CONFIGS):
+        tk._HEAD_CONFIGS[dtype] = dict(config)
 
 
 def run_variant(variant: str, args, flops: float) -> dict:
@@ -96,7 +98,7 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--variants", default="eager,compiled,chunked,triton")
     parser.add_argument(
-        "--triton-tiles", default="", help="extra Triton tiles, e.g. 128x64w8,64x128w4"
+        "--triton-tiles", default="", help="extra Triton tiles, e.g. 128x64w8s3,64x128w4s2"
     )
     parser.add_argument("--profile", action="store_true", help="per-kernel CUDA times of triton")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the bf16 peak")
@@ -112,6 +114,9 @@ def main() -> int:
     print(f"device: {name}; bf16 peak {peak or 'unknown'} TFLOP/s; torch {torch.__version__}")
     print(f"shape: {student_rows} student + {teacher_rows} teacher rows, D={args.dim}, "
           f"K={args.k}; {flops / 1e9:.0f} GFLOP per step (eager count)")  # fmt: skip
+    from medssl.losses import triton_kernels as tk
+
+    defaults = {dtype: dict(config) for dtype, config in tk._HEAD_CONFIGS.items()}
     results = []
     variants = args.variants.split(",") + [f"triton@{t}" for t in args.triton_tiles.split(",") if t]
     for variant in variants:
@@ -129,16 +134,16 @@ def main() -> int:
         share = f"{100 * r['tflops'] / peak:.1f}" if peak else "–"
         print(f"| {r['variant']} | {r['ms']:.3f} | {speed} | {r['act_mib']:.0f} | "
               f"{r['tflops']:.1f} | {share} | {r['warmup_s']:.1f} | {r['loss']:.5f} |")  # fmt: skip
+    tk._HEAD_CONFIGS.update(defaults)
     if args.profile:
         profile_triton(args)
     return 0
 
 
 def profile_triton(args) -> None:
-    """Per-kernel CUDA time of one Triton step (default tiles), to see where time goes."""
+    """Per-kernel CUDA time of one Triton step (the tiles last set), to see where time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    use_triton_tiles("64x64w8")
     x = make_inputs(images=args.images, dim=args.dim, k=args.k, device="cuda")
     step = make_step("triton", x)
     for _ in range(2):

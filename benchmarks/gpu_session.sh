@@ -33,8 +33,8 @@ part() {  # part NAME SECONDS COMMAND...
 
 part check_kernels 120 python3 benchmarks/gpu_check_kernels.py
 part loss_head 180 python3 benchmarks/gpu_loss_head.py --iters 10 \
-  --triton-tiles "${TILES:-128x64w8,64x128w8,128x128w8,64x64w4}" --profile
-part augment 60 python3 benchmarks/gpu_augment.py --batch 256 --iters 10
-part augment_rad_dino 60 python3 benchmarks/gpu_augment.py --policy rad_dino_cxr --channels 1 --batch 256 --iters 10
+  --triton-tiles "${TILES:-64x64w4s3,128x64w4s3,64x128w8s3,128x128w8s2,128x64w8s4,256x64w8s2}" --profile
+[ -n "${SKIP_AUGMENT:-}" ] || part augment 60 python3 benchmarks/gpu_augment.py --batch 256 --iters 10
+[ -n "${SKIP_AUGMENT:-}" ] || part augment_rad_dino 60 python3 benchmarks/gpu_augment.py --policy rad_dino_cxr --channels 1 --batch 256 --iters 10
 part train_throughput 180 python3 benchmarks/gpu_train_throughput.py --batch-size 40 \
   --steps 10 --warmup 3

@@ -1,25 +1,30 @@
 """Triton kernels behind ``impl="triton"`` of :mod:`medssl.losses`.
 
 The fused prototype head streams over tiles of prototypes as the chunked torch path does
-(:mod:`medssl.losses.prototype`), with register tiles instead of ``[B, chunk]`` tensors:
+(:mod:`medssl.losses.prototype`), with register tiles instead of ``[B, chunk]`` tensors.
+As there, the kernels compute only the softmax part of the loss; everything linear in the
+targets is a product with them, so the ``[T * B_t, K]`` targets are read once per pass:
 
-- forward: programs own (row block, range of prototypes); each keeps a running max, sum of
-  exponentials, target mass and target-logit dot per row; the ranges are merged on the host
-  (a few ``[splits, B]`` vectors) into the per-row loss and log-sum-exp;
-- backward: one kernel per row block and range accumulates ``dL/dz @ W`` (partial feature
-  gradients, summed on the host: deterministic), one kernel per prototype tile accumulates
-  ``dL/dz^T @ f`` over all rows; both recompute the logits tile.
+- forward: programs own (row block, range of prototypes) and keep a running max and sum
+  of exponentials per row, merged on the host (``[splits, 2, B]``) into the log-sum-exp;
+  a second kernel computes ``P W`` and the target mass (``loss = mass * lse - f . P W / tau``);
+- backward: one kernel per row block and range accumulates ``softmax part @ W`` (partials
+  per range, summed on the host: deterministic); one kernel per prototype tile accumulates
+  ``softmax part^T @ f`` over all rows, then subtracts ``P^T X`` (the target part); both
+  recompute the logits tile.
 
-Teacher targets: a kernel writes the scaled, centred logits tile by tile into the output,
-which a row kernel turns into the softmax in place (Sinkhorn-Knopp: a kernel takes the
-shifted exponential in place, then :func:`medssl.losses.centering.sinkhorn_normalize_`
-rescales rows and columns).
+Teacher targets: a kernel writes the scaled, centred logits tile by tile into the output
+with each tile's row max and sum of exponentials; one in-place pass then takes
+``exp(x - shift)``: the softmax (shift = row log-sum-exp), or Sinkhorn-Knopp's shifted
+exponential, which :func:`medssl.losses.centering.sinkhorn_normalize_` rescales.
 
 Import only where Triton can run: on CUDA, or on a CPU with ``TRITON_INTERPRET=1`` set
 before this module is first imported (Triton reads it when the kernels are defined).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import triton
@@ -39,10 +44,24 @@ __all__ = [
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _DOT_F32 = triton_interpreter_enabled()
-# 64 x 256 fp32 accumulators (D = 256) need 8 warps to stay in registers.
-_NUM_WARPS = 8
-# Enough programs to fill an H100 (132 SMs) twice over.
+# Enough programs to fill an H100/H200 (132 SMs) twice over.
 _TARGET_PROGRAMS = 264
+# Tiles and launch options of the head kernels per input dtype. bf16/fp16: 64 rows x 64
+# prototypes x 4 warps x 3 stages was the fastest of the tiles swept on an H200
+# (benchmarks/RESULTS.md, "Loss head on a GPU"). fp32 tiles are twice the bytes: two
+# pipeline stages fit the shared memory (three overflowed it at D = 256).
+_HEAD_CONFIGS: dict[torch.dtype, dict[str, int]] = {
+    torch.bfloat16: {"BLOCK_B": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
+    torch.float16: {"BLOCK_B": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
+    torch.float32: {"BLOCK_B": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+}
+# Rows per step of the prototype-gradient kernel (its [rows, D] feature tiles are
+# pipelined: 128 rows x 3 stages overflowed an H200's shared memory), of its target-part
+# loop, and of the targets-times-prototypes kernel.
+_GRAD_W_ROWS = 64
+_BLOCK_T = 32
+_TARGET_ROWS = 64
+_logger = logging.getLogger("medssl.losses")
 
 
 def _check_dtype(fn: str, *tensors: Tensor) -> None:
@@ -65,14 +84,6 @@ def _block_d(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def _splits(rows: int, k: int, block_b: int, block_k: int) -> tuple[int, int]:
-    """(number of prototype ranges, prototypes per range), ranges a multiple of block_k."""
-    row_blocks = triton.cdiv(rows, block_b)
-    n = max(1, min(triton.cdiv(_TARGET_PROGRAMS, row_blocks), triton.cdiv(k, block_k)))
-    per = triton.cdiv(triton.cdiv(k, n), block_k) * block_k
-    return triton.cdiv(k, per), per
-
-
 # --------------------------------------------------------------------------- kernels
 
 
@@ -93,28 +104,32 @@ def _load_rows(Ptr, idx, ok, stride, dcol, d_ok):
     )
 
 
-@triton.jit
-def _target_tile(P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, T: tl.constexpr):
-    """Targets tile (fp32): row (crop c, image b) gets sum_t CW[c, t] * P[t, b]."""
-    mask = row_ok[:, None] & k_ok[None, :]
-    offs = (rows % n_targets)[:, None] * stride_pb + ks[None, :]
-    crop = rows // n_targets
-    p = tl.zeros([rows.shape[0], ks.shape[0]], tl.float32)
-    for t in range(T):
-        cw = tl.load(CW + crop * T + t, mask=row_ok, other=0.0)
-        p += cw[:, None] * tl.load(P + t * stride_pt + offs, mask=mask, other=0.0).to(tl.float32)
-    return p
+# Each program of the head kernels owns a block of rows and a range of prototypes (a
+# split); splits are chosen on the host so there are a few programs per multiprocessor.
+# Base-2 exponentials: the logits are scaled by log2(e) / tau once, so each element costs
+# one exp2 and no extra multiply.
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _ce_fwd_kernel(
-    F, W, P, CW, Stats,
-    B, K, D, n_targets, k_per_split,
-    stride_fb, stride_wk, stride_pt, stride_pb,
-    inv_t,
-    T: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+def _split_range(pid_s, K, BLOCK_K: tl.constexpr):
+    """[start, end) of split ``pid_s`` of ``num_programs(1)`` over K, a multiple of BLOCK_K."""
+    per = tl.cdiv(tl.cdiv(K, tl.num_programs(1)), BLOCK_K) * BLOCK_K
+    k_start = pid_s * per
+    return k_start, tl.minimum(k_start + per, K)
+
+
+@triton.jit
+def _lse_kernel(
+    F, W, Stats,
+    B, K, D,
+    stride_fb, stride_wk,
+    scale2,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
 ):  # fmt: skip
+    """Per (row block, split): running max and sum of exp2 of ``f W^T * scale2``."""
     pid_b = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -124,49 +139,40 @@ def _ce_fwd_kernel(
     f = _load_rows(F, rows, row_ok, stride_fb, dcol, d_ok)
     run_max = tl.full([BLOCK_B], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_B], tl.float32)
-    dot = tl.zeros([BLOCK_B], tl.float32)
-    mass = tl.zeros([BLOCK_B], tl.float32)
-    k_start = pid_s * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
+    k_start, k_end = _split_range(pid_s, K, BLOCK_K)
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
         w = _load_rows(W, ks, k_ok, stride_wk, dcol, d_ok)
-        s = _mm(f, tl.trans(w), PRECISION, DOT_F32) * inv_t
-        p = _target_tile(P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, T)
-        dot += tl.sum(p * s, axis=1)  # p is 0 outside the range
-        mass += tl.sum(p, axis=1)
+        s = _mm(f, tl.trans(w), PRECISION, DOT_F32) * scale2
         s = tl.where(k_ok[None, :], s, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(s, axis=1))
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(s - new_max[:, None]), axis=1)
+        run_sum = run_sum * tl.exp2(run_max - new_max) + tl.sum(tl.exp2(s - new_max[:, None]), 1)
         run_max = new_max
-    out = Stats + pid_s * 4 * B + rows
+    out = Stats + pid_s * 2 * B + rows
     tl.store(out, run_max, mask=row_ok)
     tl.store(out + B, run_sum, mask=row_ok)
-    tl.store(out + 2 * B, dot, mask=row_ok)
-    tl.store(out + 3 * B, mass, mask=row_ok)
 
 
 @triton.jit
-def _grad_logits(f, w, P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, lse,
-                 soft_scale, tgt_scale, inv_t, T: tl.constexpr, PRECISION: tl.constexpr,
-                 DOT_F32: tl.constexpr):  # fmt: skip
-    """dL/dz tile = soft_scale * softmax - tgt_scale * p (0 outside rows and range)."""
-    s = _mm(f, tl.trans(w), PRECISION, DOT_F32) * inv_t
-    p = _target_tile(P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, T)
-    g = tl.exp(s - lse[:, None]) * soft_scale[:, None] - p * tgt_scale[:, None]
+def _softmax_grad_tile(f, w, lse2, soft_scale, row_ok, k_ok, scale2, PRECISION: tl.constexpr,
+                       DOT_F32: tl.constexpr):  # fmt: skip
+    """The softmax part of dL/dz: ``soft_scale * softmax`` (0 outside rows and range)."""
+    s = _mm(f, tl.trans(w), PRECISION, DOT_F32) * scale2
+    g = tl.exp2(s - lse2[:, None]) * soft_scale[:, None]
     return tl.where(row_ok[:, None] & k_ok[None, :], g, 0.0)
 
 
 @triton.jit
 def _ce_bwd_features_kernel(
-    F, W, P, CW, LSE, SoftScale, TgtScale, GradF,
-    B, K, D, n_targets, k_per_split,
-    stride_fb, stride_wk, stride_pt, stride_pb,
-    inv_t,
-    T: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    F, W, LSE2, SoftScale, GradF,
+    B, K, D,
+    stride_fb, stride_wk,
+    scale2,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
 ):  # fmt: skip
+    """Partial (per split) ``softmax part @ W`` for a block of rows."""
     pid_b = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -174,32 +180,42 @@ def _ce_bwd_features_kernel(
     dcol = tl.arange(0, BLOCK_D)
     d_ok = dcol < D
     f = _load_rows(F, rows, row_ok, stride_fb, dcol, d_ok)
-    lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
+    lse2 = tl.load(LSE2 + rows, mask=row_ok, other=0.0)
     soft_scale = tl.load(SoftScale + rows, mask=row_ok, other=0.0)
-    tgt_scale = tl.load(TgtScale + rows, mask=row_ok, other=0.0)
     acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
-    k_start = pid_s * k_per_split
-    k_end = tl.minimum(k_start + k_per_split, K)
+    k_start, k_end = _split_range(pid_s, K, BLOCK_K)
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
         w = _load_rows(W, ks, k_ok, stride_wk, dcol, d_ok)
-        g = _grad_logits(f, w, P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, lse,
-                         soft_scale, tgt_scale, inv_t, T, PRECISION, DOT_F32)  # fmt: skip
+        g = _softmax_grad_tile(f, w, lse2, soft_scale, row_ok, k_ok, scale2, PRECISION, DOT_F32)
         acc += _mm(g.to(w.dtype), w, PRECISION, DOT_F32)
     out = GradF + pid_s * B * D + rows[:, None] * D + dcol[None, :]
     tl.store(out, acc, mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
+def _split(x, LOW: tl.constexpr):
+    """fp32 ``x`` as ``hi + lo`` in dtype LOW (16 bits of mantissa for bf16), so products
+    with low-precision operands run on the tensor cores at about fp32 accuracy."""
+    hi = x.to(LOW)
+    return hi, (x - hi.to(tl.float32)).to(LOW)
+
+
+@triton.jit
 def _ce_bwd_prototypes_kernel(
-    F, W, P, CW, LSE, SoftScale, TgtScale, GradW,
-    B, K, D, n_targets,
-    stride_fb, stride_wk, stride_pt, stride_pb, stride_gk,
-    inv_t,
-    T: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+    F, W, LSE2, SoftScale, P, XHi, XLo, GradW,
+    B, K, D, TB,
+    stride_fb, stride_wk, stride_pb, stride_gk,
+    scale2,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
+    DOT_F32: tl.constexpr,
 ):  # fmt: skip
+    """A tile of prototypes: ``softmax part^T @ f`` over all rows, minus ``P^T X`` (the
+    target part, over the ``TB`` teacher rows: one pass over the targets in all). SPLIT:
+    ``X = XHi + XLo`` and P are split into the prototypes' low precision (three products);
+    else ``XHi`` is the fp32 X and the product runs at PRECISION."""
     pid_k = tl.program_id(0)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     k_ok = ks < K
@@ -211,28 +227,77 @@ def _ce_bwd_prototypes_kernel(
         rows = b0 + tl.arange(0, BLOCK_B)
         row_ok = rows < B
         f = _load_rows(F, rows, row_ok, stride_fb, dcol, d_ok)
-        lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
+        lse2 = tl.load(LSE2 + rows, mask=row_ok, other=0.0)
         soft_scale = tl.load(SoftScale + rows, mask=row_ok, other=0.0)
-        tgt_scale = tl.load(TgtScale + rows, mask=row_ok, other=0.0)
-        g = _grad_logits(f, w, P, CW, stride_pt, stride_pb, rows, n_targets, row_ok, ks, k_ok, lse,
-                         soft_scale, tgt_scale, inv_t, T, PRECISION, DOT_F32)  # fmt: skip
+        g = _softmax_grad_tile(f, w, lse2, soft_scale, row_ok, k_ok, scale2, PRECISION, DOT_F32)
         acc += _mm(tl.trans(g).to(f.dtype), f, PRECISION, DOT_F32)
+    for t0 in range(0, TB, BLOCK_T):
+        trows = t0 + tl.arange(0, BLOCK_T)
+        t_ok = trows < TB
+        p = _load_rows(P, trows, t_ok, stride_pb, ks, k_ok)
+        x_hi = _load_rows(XHi, trows, t_ok, D, dcol, d_ok)
+        if SPLIT:
+            x_lo = _load_rows(XLo, trows, t_ok, D, dcol, d_ok)
+            p_hi, p_lo = _split(tl.trans(p), x_hi.dtype)
+            acc -= _mm(p_hi, x_hi, PRECISION, DOT_F32)
+            acc -= _mm(p_lo, x_hi, PRECISION, DOT_F32)
+            acc -= _mm(p_hi, x_lo, PRECISION, DOT_F32)
+        else:
+            acc -= _mm(tl.trans(p), x_hi, PRECISION, DOT_F32)
     out = GradW + ks[:, None] * stride_gk + dcol[None, :]
     tl.store(out, acc.to(GradW.dtype.element_ty), mask=k_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
+def _targets_times_prototypes_kernel(
+    P, W, Out, Mass,
+    TB, K, D,
+    stride_pb, stride_wk,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
+):  # fmt: skip
+    """Partial (per split) ``P W`` and row sums of ``P`` for a block of teacher rows
+    (SPLIT: P as hi + lo in the prototypes' low precision, two products)."""
+    pid_b = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < TB
+    dcol = tl.arange(0, BLOCK_D)
+    d_ok = dcol < D
+    acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
+    mass = tl.zeros([BLOCK_B], tl.float32)
+    k_start, k_end = _split_range(pid_s, K, BLOCK_K)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < k_end
+        p = _load_rows(P, rows, row_ok, stride_pb, ks, k_ok)
+        w = _load_rows(W, ks, k_ok, stride_wk, dcol, d_ok)
+        if SPLIT:
+            p_hi, p_lo = _split(p, w.dtype)
+            acc += _mm(p_hi, w, PRECISION, DOT_F32)
+            acc += _mm(p_lo, w, PRECISION, DOT_F32)
+        else:
+            acc += _mm(p, w, PRECISION, DOT_F32)
+        mass += tl.sum(p, axis=1)
+    out = Out + pid_s * TB * D + rows[:, None] * D + dcol[None, :]
+    tl.store(out, acc, mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(Mass + pid_s * TB + rows, mass, mask=row_ok)
+
+
+@triton.jit
 def _scaled_logits_kernel(
-    F, W, C, Out,
+    F, W, C, Out, TileMax, TileSum,
     B, K, D,
     stride_fb, stride_wk, stride_ob,
     inv_t,
     HAS_CENTER: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
 ):  # fmt: skip
-    """Out tile = (f @ w.T - center) / temp, in fp32."""
+    """Out tile = (f @ w.T - center) / temp in fp32, with the tile's row max and
+    ``sum exp(out - max)`` (so row and global normalisers need no further pass)."""
+    pid_k = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     row_ok = rows < B
     k_ok = ks < K
     dcol = tl.arange(0, BLOCK_D)
@@ -242,11 +307,25 @@ def _scaled_logits_kernel(
     z = _mm(f, tl.trans(w), PRECISION, DOT_F32)
     if HAS_CENTER:
         z -= tl.load(C + ks, mask=k_ok, other=0.0)[None, :]
-    tl.store(
-        Out + rows[:, None] * stride_ob + ks[None, :],
-        z * inv_t,
-        mask=row_ok[:, None] & k_ok[None, :],
-    )
+    z = z * inv_t
+    tl.store(Out + rows[:, None] * stride_ob + ks[None, :], z,
+             mask=row_ok[:, None] & k_ok[None, :])  # fmt: skip
+    z = tl.where(k_ok[None, :], z, float("-inf"))
+    tile_max = tl.max(z, axis=1)
+    tile_sum = tl.sum(tl.exp(z - tile_max[:, None]), axis=1)
+    tl.store(TileMax + pid_k * B + rows, tile_max, mask=row_ok)
+    tl.store(TileSum + pid_k * B + rows, tile_sum, mask=row_ok)
+
+
+@triton.jit
+def _exp_shift_rows_kernel(X, Shift, K, stride_x, BLOCK_K: tl.constexpr):
+    """In place: ``x[row, k] = exp(x[row, k] - shift[row])``."""
+    row = tl.program_id(0)
+    ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    ok = ks < K
+    ptr = X + row * stride_x + ks
+    x = tl.load(ptr, mask=ok, other=0.0)
+    tl.store(ptr, tl.exp(x - tl.load(Shift + row)), mask=ok)
 
 
 @triton.jit
@@ -333,72 +412,156 @@ def _soft_ce_bwd_kernel(S, P, LSE, SoftScale, TgtScale, Grad, K, stride_s, strid
 # --------------------------------------------------------------------------- wrappers
 
 
+_SINGLE_STAGE: set[tuple] = set()
+
+
+def _launch(kernel, grid: tuple[int, ...], *args, **options) -> None:  # type: ignore[no-untyped-def]
+    """Launch ``kernel``; if its pipeline stages overflow this GPU's shared memory (cards
+    smaller than the H200 the defaults were chosen on), use a single stage from then on."""
+    key = (getattr(kernel, "__name__", str(kernel)),
+           *sorted((k, str(v)) for k, v in options.items()))  # fmt: skip
+    if key in _SINGLE_STAGE:
+        options = {**options, "num_stages": 1}
+    try:
+        kernel[grid](*args, **options)
+    except triton.runtime.errors.OutOfResources as exc:
+        if options.get("num_stages", 1) <= 1:
+            raise
+        _logger.warning("medssl.losses: %s: %s; using num_stages=1", key[0], exc)
+        _SINGLE_STAGE.add(key)
+        kernel[grid](*args, **{**options, "num_stages": 1})
+
+
 def _contiguous_rows(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _merge_stats(stats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-range (max, sum, dot, mass) ``[S, 4, B]`` -> (loss, lse, mass) per row."""
-    run_max, run_sum, dot, mass = stats.unbind(1)
+def _head_config(dtype: torch.dtype, block_b: int | None, block_k: int | None) -> dict:
+    """Tiles and launch options: the caller's, else the defaults for ``dtype``."""
+    base = dict(_HEAD_CONFIGS.get(dtype, _HEAD_CONFIGS[torch.bfloat16]))
+    if _DOT_F32:  # the interpreter: small tiles keep the CPU emulation quick
+        base.update(BLOCK_B=16, BLOCK_K=64, num_warps=4, num_stages=1)
+    if block_b is not None:
+        base["BLOCK_B"] = block_b
+    if block_k is not None:
+        base["BLOCK_K"] = block_k
+    return base
+
+
+def _n_splits(row_blocks: int, k: int, block_k: int) -> int:
+    """Prototype ranges per row block: about _TARGET_PROGRAMS programs in all."""
+    return max(1, min(triton.cdiv(_TARGET_PROGRAMS, row_blocks), triton.cdiv(k, block_k)))
+
+
+def _merge_lse2(stats: Tensor) -> Tensor:
+    """Per-split (max, sum) ``[S, 2, B]`` in base 2 -> row log-sum-exp in base 2."""
+    run_max, run_sum = stats.unbind(1)
     row_max = run_max.amax(dim=0)
-    lse = row_max + (run_sum * torch.exp(run_max - row_max)).sum(dim=0).log()
-    mass = mass.sum(dim=0)
-    return mass * lse - dot.sum(dim=0), lse, mass
+    return row_max + (run_sum * torch.exp2(run_max - row_max)).sum(dim=0).log2()
+
+
+def _targets_times_prototypes(
+    targets: Tensor, prototypes: Tensor, cfg: dict
+) -> tuple[Tensor, Tensor]:
+    """``targets @ prototypes`` ``[T * B_t, D]`` and the target row sums, in fp32."""
+    tb, k = targets.shape
+    d = prototypes.shape[1]
+    block_b = min(cfg["BLOCK_B"], _TARGET_ROWS)
+    row_blocks = triton.cdiv(tb, block_b)
+    n_split = _n_splits(row_blocks, k, cfg["BLOCK_K"])
+    partial = torch.empty(n_split, tb, d, dtype=torch.float32, device=targets.device)
+    mass = torch.empty(n_split, tb, dtype=torch.float32, device=targets.device)
+    _launch(_targets_times_prototypes_kernel, (row_blocks, n_split),
+        targets, prototypes, partial, mass,
+        tb, k, d,
+        targets.stride(0), prototypes.stride(0),
+        BLOCK_B=block_b, BLOCK_K=cfg["BLOCK_K"], BLOCK_D=_block_d(d),
+        PRECISION=_precision(prototypes.dtype), SPLIT=prototypes.dtype != torch.float32,
+        DOT_F32=_DOT_F32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    return partial.sum(dim=0), mass.sum(dim=0)
 
 
 class _TritonPrototypeCrossEntropy(torch.autograd.Function):
+    """Kernels stream over the prototypes for the softmax part only; everything linear in
+    the targets is a product with them (``P W`` forward, ``P^T X`` backward), as in the
+    torch path, so the ``[B, K]`` targets are read once per pass, not once per row block."""
+
     @staticmethod
-    def forward(ctx, features, prototypes, targets, weights, student_temp, blocks):  # type: ignore[override]
-        block_b, block_k = blocks
+    def forward(ctx, features, prototypes, targets, weights, student_temp, cfg):  # type: ignore[override]
         rows, d = features.shape
         k = prototypes.shape[0]
-        n_split, per = _splits(rows, k, block_b, block_k)
-        stats = torch.empty(n_split, 4, rows, dtype=torch.float32, device=features.device)
-        precision = _precision(features.dtype)
-        _ce_fwd_kernel[(triton.cdiv(rows, block_b), n_split)](
-            features, prototypes, targets, weights, stats,
-            rows, k, d, targets.shape[1], per,
-            features.stride(0), prototypes.stride(0), targets.stride(0), targets.stride(1),
-            1.0 / student_temp,
-            T=targets.shape[0], BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_D=_block_d(d),
-            PRECISION=precision, DOT_F32=_DOT_F32, num_warps=_NUM_WARPS,
+        n_teacher, n_images = targets.shape[0], targets.shape[1]
+        flat_targets = targets.reshape(n_teacher * n_images, k)
+        row_blocks = triton.cdiv(rows, cfg["BLOCK_B"])
+        n_split = _n_splits(row_blocks, k, cfg["BLOCK_K"])
+        stats = torch.empty(n_split, 2, rows, dtype=torch.float32, device=features.device)
+        scale2 = _LOG2E / student_temp
+        launch = dict(BLOCK_B=cfg["BLOCK_B"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=_block_d(d),
+                      PRECISION=_precision(features.dtype), DOT_F32=_DOT_F32,
+                      num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])  # fmt: skip
+        _launch(_lse_kernel, (row_blocks, n_split),
+            features, prototypes, stats, rows, k, d,
+            features.stride(0), prototypes.stride(0), scale2, **launch,
         )  # fmt: skip
-        loss, lse, mass = _merge_stats(stats)
-        ctx.save_for_backward(features, prototypes, targets, weights, lse, mass)
+        lse2 = _merge_lse2(stats)
+        pw_t, mass_t = _targets_times_prototypes(flat_targets, prototypes, cfg)
+        # row (crop c, image b): its target is sum_t weights[c, t] * targets[t, b]
+        pw = torch.einsum("ct,tbd->cbd", weights, pw_t.view(n_teacher, n_images, d))
+        pw = pw.reshape(rows, d)
+        mass = (weights @ mass_t.view(n_teacher, n_images)).reshape(rows)
+        dot = torch.linalg.vecdot(features.float(), pw) / student_temp
+        loss = mass * (lse2 * _LN2) - dot
+        ctx.save_for_backward(features, prototypes, flat_targets, weights, lse2, mass, pw)
         ctx.student_temp = student_temp
-        ctx.blocks = blocks
+        ctx.cfg = cfg
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):  # type: ignore[override]
-        features, prototypes, targets, weights, lse, mass = ctx.saved_tensors
-        block_b, block_k = ctx.blocks
+        with torch.autocast(grad_loss.device.type, enabled=False):
+            return _TritonPrototypeCrossEntropy._backward(ctx, grad_loss)
+
+    @staticmethod
+    def _backward(ctx, grad_loss):  # type: ignore[no-untyped-def]
+        features, prototypes, flat_targets, weights, lse2, mass, pw = ctx.saved_tensors
+        cfg = ctx.cfg
         rows, d = features.shape
         k = prototypes.shape[0]
         inv_t = 1.0 / ctx.student_temp
-        precision = _precision(features.dtype)
-        tgt_scale = (grad_loss.float() * inv_t).contiguous()
-        soft_scale = (mass * tgt_scale).contiguous()
-        common = dict(T=targets.shape[0], BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_D=_block_d(d),
-                      PRECISION=precision, DOT_F32=_DOT_F32, num_warps=_NUM_WARPS)  # fmt: skip
+        scale2 = _LOG2E * inv_t
+        row_scale = grad_loss.float() * inv_t
+        soft_scale = (mass * row_scale).contiguous()
+        launch = dict(BLOCK_B=cfg["BLOCK_B"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=_block_d(d),
+                      PRECISION=_precision(features.dtype), DOT_F32=_DOT_F32,
+                      num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])  # fmt: skip
         grad_f = grad_w = None
         if ctx.needs_input_grad[0]:
-            n_split, per = _splits(rows, k, block_b, block_k)
+            row_blocks = triton.cdiv(rows, cfg["BLOCK_B"])
+            n_split = _n_splits(row_blocks, k, cfg["BLOCK_K"])
             partial = torch.empty(n_split, rows, d, dtype=torch.float32, device=features.device)
-            _ce_bwd_features_kernel[(triton.cdiv(rows, block_b), n_split)](
-                features, prototypes, targets, weights, lse, soft_scale, tgt_scale, partial,
-                rows, k, d, targets.shape[1], per,
-                features.stride(0), prototypes.stride(0), targets.stride(0), targets.stride(1),
-                inv_t, **common,
+            _launch(_ce_bwd_features_kernel, (row_blocks, n_split),
+                features, prototypes, lse2, soft_scale, partial, rows, k, d,
+                features.stride(0), prototypes.stride(0), scale2, **launch,
             )  # fmt: skip
-            grad_f = partial.sum(dim=0).to(features.dtype)
+            grad_f = partial.sum(dim=0).sub_(row_scale[:, None] * pw).to(features.dtype)
         if ctx.needs_input_grad[1]:
+            n_teacher = weights.shape[1]
+            n_images = flat_targets.shape[0] // n_teacher
+            # X_t = sum_c weights[c, t] * row_scale f (crop c): grad_W's target part is P^T X
+            rf = (row_scale[:, None] * features.float()).view(-1, n_images, d)
+            x = torch.einsum("ct,cbd->tbd", weights, rf).reshape(-1, d)
+            split = features.dtype != torch.float32
+            x_hi = x.to(features.dtype).contiguous()
+            x_lo = (x - x_hi.float()).to(features.dtype) if split else x_hi
             grad_w = torch.empty_like(prototypes)
-            _ce_bwd_prototypes_kernel[(triton.cdiv(k, block_k),)](
-                features, prototypes, targets, weights, lse, soft_scale, tgt_scale, grad_w,
-                rows, k, d, targets.shape[1],
-                features.stride(0), prototypes.stride(0), targets.stride(0), targets.stride(1),
-                grad_w.stride(0), inv_t, **common,
+            launch["BLOCK_B"] = min(cfg["BLOCK_B"], _GRAD_W_ROWS)
+            _launch(_ce_bwd_prototypes_kernel, (triton.cdiv(k, cfg["BLOCK_K"]),),
+                features, prototypes, lse2, soft_scale, flat_targets, x_hi, x_lo, grad_w,
+                rows, k, d, flat_targets.shape[0],
+                features.stride(0), prototypes.stride(0), flat_targets.stride(0),
+                grad_w.stride(0), scale2,
+                BLOCK_T=_BLOCK_T, SPLIT=split, **launch,
             )  # fmt: skip
         return grad_f, grad_w, None, None, None, None
 
@@ -409,21 +572,23 @@ def prototype_cross_entropy(
     prototypes: Tensor,
     student_temp: float,
     crop_weights: Tensor | None = None,
-    block_b: int = 64,
-    block_k: int = 64,
+    block_b: int | None = None,
+    block_k: int | None = None,
 ) -> Tensor:
     """Fused projection + soft cross-entropy; ``targets`` ``[T, B_t, K]``, ``crop_weights``
     ``[B / B_t, T]`` (fp32, default ones) as :func:`medssl.losses.prototype_cross_entropy`
-    validates them."""
+    validates them. ``block_b``/``block_k`` override the tiles of ``_HEAD_CONFIGS``."""
     _check_dtype("prototype_cross_entropy", features, prototypes)
     features = _contiguous_rows(features)
     prototypes = _contiguous_rows(prototypes)
-    targets = targets if targets.stride(-1) == 1 else targets.contiguous()
+    targets = targets.float() if targets.dtype != torch.float32 else targets
+    targets = targets.contiguous()
     if crop_weights is None:
         crop_weights = torch.ones(features.shape[0] // targets.shape[1], targets.shape[0])
     weights = crop_weights.to(device=features.device, dtype=torch.float32).contiguous()
+    cfg = _head_config(features.dtype, block_b, block_k)
     return _TritonPrototypeCrossEntropy.apply(
-        features, prototypes, targets, weights, student_temp, (block_b, block_k)
+        features, prototypes, targets, weights, float(student_temp), cfg
     )
 
 
@@ -435,28 +600,45 @@ def prototype_targets(
     centering: str,
     center: Tensor | None,
     n_iter: int,
-    block_b: int = 64,
-    block_k: int = 64,
+    block_b: int | None = None,
+    block_k: int | None = None,
 ) -> Tensor:
-    """Teacher targets: logits tile by tile into the output, then normalised in place."""
+    """Teacher targets: logits tile by tile into the output with per-tile row statistics,
+    then one in-place pass ``exp(out - shift)`` (shift: the row log-sum-exp, or for
+    Sinkhorn-Knopp the global max before its row/column scaling)."""
     _check_dtype("prototype_targets", features, prototypes)
     features = _contiguous_rows(features)
     prototypes = _contiguous_rows(prototypes)
     rows, d = features.shape
     k = prototypes.shape[0]
+    cfg = _head_config(features.dtype, block_b, block_k)
+    block_b, block_k = cfg["BLOCK_B"], cfg["BLOCK_K"]
     out = torch.empty(rows, k, dtype=torch.float32, device=features.device)
+    k_tiles = triton.cdiv(k, block_k)
+    tile_max = torch.empty(k_tiles, rows, dtype=torch.float32, device=features.device)
+    tile_sum = torch.empty_like(tile_max)
     c = None if center is None else center.reshape(-1).float().contiguous()
-    _scaled_logits_kernel[(triton.cdiv(rows, block_b), triton.cdiv(k, block_k))](
-        features, prototypes, c if c is not None else out, out,
+    _launch(_scaled_logits_kernel, (triton.cdiv(rows, block_b), k_tiles),
+        features, prototypes, c if c is not None else out, out, tile_max, tile_sum,
         rows, k, d,
         features.stride(0), prototypes.stride(0), out.stride(0),
         1.0 / temp,
         HAS_CENTER=c is not None, BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_D=_block_d(d),
-        PRECISION=_precision(features.dtype), DOT_F32=_DOT_F32, num_warps=_NUM_WARPS,
+        PRECISION=_precision(features.dtype), DOT_F32=_DOT_F32,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     if centering == "sinkhorn_knopp":
-        return _sinkhorn_in_place(out, 1.0, n_iter)
-    return _row_softmax(out, None, 1.0, out=out)
+        shift = global_max(tile_max).expand(rows).contiguous()
+    else:
+        row_max = tile_max.amax(dim=0)
+        shift = row_max + (tile_sum * torch.exp(tile_max - row_max)).sum(dim=0).log()
+    row_block = min(4096, triton.next_power_of_2(k))
+    _exp_shift_rows_kernel[(rows, triton.cdiv(k, row_block))](
+        out, shift, k, out.stride(0), BLOCK_K=row_block
+    )
+    if centering == "sinkhorn_knopp":
+        return sinkhorn_normalize_(out, n_iter)
+    return out
 
 
 def _row_softmax(

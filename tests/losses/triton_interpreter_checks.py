@@ -131,3 +131,33 @@ def test_fp64_is_refused_with_a_clear_message() -> None:
     with pytest.raises(TypeError, match="prototype_cross_entropy: impl='triton' supports"):
         prototype_cross_entropy(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, 8, dtype=torch.float64),
                                 torch.zeros(8, 4, dtype=torch.float64), 0.1, impl="triton")  # fmt: skip
+
+
+def test_launch_falls_back_to_one_stage_once(caplog) -> None:
+    """A kernel whose pipeline stages overflow shared memory runs with num_stages=1, and
+    later launches of the same configuration go straight there (one warning)."""
+    import triton
+
+    calls = []
+
+    class Kernel:
+        __name__ = "fake_kernel"
+
+        def __getitem__(self, grid):
+            def run(*args, **options):
+                calls.append(options["num_stages"])
+                if options["num_stages"] > 1 or options["BLOCK_B"] > 128:
+                    raise triton.runtime.errors.OutOfResources(262144, 232448, "shared memory")
+
+            return run
+
+    kernel = Kernel()
+    with caplog.at_level("WARNING", logger="medssl.losses"):
+        tk._launch(kernel, (1,), num_stages=3, BLOCK_B=128)
+        tk._launch(kernel, (1,), num_stages=3, BLOCK_B=128)
+    assert calls == [3, 1, 1]
+    assert sum("using num_stages=1" in r.message for r in caplog.records) == 1
+    calls.clear()
+    with pytest.raises(triton.runtime.errors.OutOfResources):  # one stage too: no retry
+        tk._launch(kernel, (1,), num_stages=1, BLOCK_B=256)
+    assert calls == [1]
