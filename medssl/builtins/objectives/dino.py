@@ -103,14 +103,11 @@ class _SelfDistillation(ConfiguredObjective):
         """Teacher probabilities of ``tokens`` (centred) and the teacher head's features."""
         feats = teacher_head.features(tokens)
         protos = teacher_head.prototypes
-        # The matmul's dtype under autocast, cast here: the head caches one cast of its
-        # prototypes per step for every objective instead of one per call.
-        device = feats.device.type
-        mm_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        mm_protos = _matmul_prototypes(teacher_head, feats)
         o = self.options
         probs = prototype_targets(
-            feats.to(mm_dtype or protos.dtype),
-            teacher_head.prototypes_as(mm_dtype) if mm_dtype else protos,
+            feats.to(mm_protos.dtype),
+            mm_protos,
             temp,
             centering=CENTERING_IMPL[o.centering],
             center=self.center if o.centering == "mean" else None,
@@ -137,7 +134,7 @@ class _SelfDistillation(ConfiguredObjective):
     def _student_prototypes(self, head: DINOHead, step: int) -> tuple[Tensor, Tensor | None]:
         """The prototypes, detached while frozen, plus a zero term that keeps the last
         layer in the graph (zero gradient instead of none, so DDP sees every parameter)."""
-        protos = head.prototypes
+        protos = _matmul_prototypes(head, head.last_layer.weight)
         frozen_steps = self.options.freeze_last_layer_epochs * self.ctx.steps_per_epoch
         if step < frozen_steps:
             return protos.detach(), head.last_layer.weight.sum() * 0.0
@@ -154,6 +151,18 @@ class _SelfDistillation(ConfiguredObjective):
             impl=self.options.impl,
             crop_weights=crop_weights,
         )
+
+
+def _matmul_prototypes(head: DINOHead, like: Tensor) -> Tensor:
+    """The head's prototypes in the dtype autocast gives its matmuls on ``like``'s device.
+
+    Cast here rather than in :mod:`medssl.losses` (which would cast the same way): the head
+    caches one cast per step for every objective instead of one per call.
+    """
+    device = like.device.type
+    if torch.is_autocast_enabled(device):
+        return head.prototypes_as(torch.get_autocast_dtype(device))
+    return head.prototypes
 
 
 def build_head(ctx: ObjectiveContext, o: HeadOptions, prefix: str) -> DINOHead:

@@ -128,16 +128,16 @@ class DINOHead(nn.Module):
         return cached
 
     def prototypes_as(self, dtype: torch.dtype) -> Tensor:
-        """:attr:`prototypes` in ``dtype`` (the autocast dtype of a teacher's matmul).
+        """:attr:`prototypes` in ``dtype`` (the autocast dtype of the head's matmuls).
 
-        Without gradient the cast is cached inside :meth:`step_cache` too (the teacher's
-        targets and centre of DINO and iBOT share one bf16 copy). With gradient every call
-        casts anew, so that each use's gradient is summed in the weight's precision.
+        Inside :meth:`step_cache` the cast is cached too, as autocast caches the casts of
+        leaf weights: DINO and iBOT share one bf16 copy per head and step, and the
+        gradients of their uses add up in that copy before one cast back.
         """
         protos = self.prototypes
-        if protos.dtype == dtype or not self._caching or torch.is_grad_enabled():
+        if protos.dtype == dtype or not self._caching:
             return protos.to(dtype)
-        key = (False, dtype)
+        key = (torch.is_grad_enabled(), dtype)
         cached = self._cached.get(key)
         if cached is None:
             cached = self._cached[key] = protos.to(dtype)

@@ -151,14 +151,25 @@ def test_step_cache_normalises_once_and_sums_the_gradients() -> None:
     torch.testing.assert_close(grad, expected)
 
 
-def test_prototypes_as_caches_the_no_grad_cast_only() -> None:
+def test_prototypes_as_caches_the_cast_within_a_step() -> None:
     head = DINOHead(EMBED, prototypes=K, hidden_dim=HIDDEN, bottleneck_dim=BOTTLENECK)
+    a, b = torch.randn(K, BOTTLENECK), torch.randn(K, BOTTLENECK)
     with head.step_cache():
         with torch.no_grad():
             cast = head.prototypes_as(torch.bfloat16)
             assert cast.dtype == torch.bfloat16
             assert head.prototypes_as(torch.bfloat16) is cast
             torch.testing.assert_close(cast, head.prototypes.to(torch.bfloat16))
-        # With gradient each use gets its own cast: gradients add up in fp32, not bf16.
-        assert head.prototypes_as(torch.bfloat16) is not head.prototypes_as(torch.bfloat16)
+        first = head.prototypes_as(torch.bfloat16)
+        assert first is not cast and first.requires_grad
+        assert head.prototypes_as(torch.bfloat16) is first
         assert head.prototypes_as(torch.float32) is head.prototypes
+        loss = (first.float() * a).sum() + (head.prototypes_as(torch.bfloat16).float() * b).sum()
+    assert head.prototypes_as(torch.bfloat16) is not first
+    (grad,) = torch.autograd.grad(loss, head.last_layer.weight)
+    expected = torch.autograd.grad(
+        (head.prototypes.to(torch.bfloat16).float() * (a + b)).sum(), head.last_layer.weight
+    )[0]
+    # Each use's gradient is rounded to bf16 before they add up: a few bf16 steps (2^-8)
+    # of the gradient's scale (a and b may cancel, so no relative bound per element).
+    torch.testing.assert_close(grad, expected, rtol=0.0, atol=0.02 * float(expected.abs().max()))
