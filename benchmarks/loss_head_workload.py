@@ -8,7 +8,9 @@ backward to the bottleneck features and the prototypes. Variants:
 
 - ``lightly``: lightly's ``DINOLoss`` on the outputs of a linear prototype layer;
 - ``eager``: the plain DINOv2 formula (``dino_clstoken_loss.py``) on full ``[rows, K]`` logits;
-- ``chunked``: ``medssl.losses.prototype_targets`` + ``prototype_cross_entropy`` (torch);
+- ``chunked``: ``medssl.losses.prototype_targets(lazy=True)`` + ``prototype_cross_entropy``
+  (torch path; the teacher targets are never materialised);
+- ``chunked_dense``: the same with the ``[B_t, K]`` targets materialised (``lazy=False``);
 - ``triton``: the same with ``impl="triton"``; ``compiled``: ``torch.compile`` of ``eager``.
 
 The prototypes are the parameter (the weight-normalised last layer's weight): weight
@@ -36,7 +38,7 @@ from medssl.losses import prototype_cross_entropy, prototype_targets
 
 N_GLOBAL, N_LOCAL = 2, 8
 STUDENT_TEMP, TEACHER_TEMP = 0.1, 0.04
-VARIANTS = ("lightly", "eager", "chunked", "triton", "compiled")
+VARIANTS = ("lightly", "eager", "chunked", "chunked_dense", "triton", "compiled")
 
 
 @dataclass
@@ -105,11 +107,14 @@ def eager_loss(x: HeadInputs) -> Tensor:
     return loss / x.n_terms
 
 
-def fused_step(x: HeadInputs, impl: str = "torch") -> Tensor:
-    """medssl.losses: targets tile by tile, one streamed CE call for all crops."""
+def fused_step(x: HeadInputs, impl: str = "torch", lazy: bool = False) -> Tensor:
+    """medssl.losses: targets tile by tile (``lazy``: never materialised), one streamed CE
+    call for all crops."""
     b = x.images
     with torch.no_grad():
-        probs = prototype_targets(x.teacher, x.prototypes, TEACHER_TEMP, center=x.center, impl=impl)
+        probs = prototype_targets(
+            x.teacher, x.prototypes, TEACHER_TEMP, center=x.center, impl=impl, lazy=lazy
+        )
         # the centre's batch update is linear in the features: no logits needed
         batch_center = x.teacher.mean(0, keepdim=True).float() @ x.prototypes.T.float()
         x.center.mul_(0.9).add_(batch_center, alpha=0.1)
@@ -137,6 +142,8 @@ def make_step(variant: str, x: HeadInputs) -> Callable[[], Tensor]:
     if variant == "eager":
         return lambda: eager_step(x)
     if variant == "chunked":
+        return lambda: fused_step(x, "torch", lazy=True)
+    if variant == "chunked_dense":
         return lambda: fused_step(x, "torch")
     if variant == "triton":
         return lambda: fused_step(x, "triton")

@@ -11,8 +11,10 @@ from medssl.losses.centering import sinkhorn_knopp, softmax_center
 from medssl.losses.cross_entropy import soft_cross_entropy
 from medssl.losses.koleo import koleo
 from medssl.losses.prototype import prototype_cross_entropy, prototype_targets
+from medssl.losses.targets import PrototypeTargets
 
 __all__ = [
+    "PrototypeTargets",
     "koleo",
     "prototype_cross_entropy",
     "prototype_targets",

@@ -22,8 +22,14 @@ from torch import Tensor
 
 from medssl.losses.centering import global_max, sinkhorn_normalize_
 from medssl.losses.dispatch import acc_dtype, check_2d, resolve_impl
+from medssl.losses.targets import PrototypeTargets, sinkhorn_shifts
 
-__all__ = ["prototype_cross_entropy", "prototype_targets", "default_chunk_size"]
+__all__ = [
+    "PrototypeTargets",
+    "default_chunk_size",
+    "prototype_cross_entropy",
+    "prototype_targets",
+]
 
 CENTERINGS = ("softmax_center", "sinkhorn_knopp", "none")
 
@@ -150,6 +156,41 @@ def _online_logsumexp(f_in: Tensor, scale: float | None, prototypes: Tensor, chu
 _UNDERFLOW_GUARD = 8.7e-27
 
 
+def _logit_bound(features: Tensor, prototypes: Tensor, inv_t: float) -> Tensor:
+    """Per-row Cauchy-Schwarz bound ``|f_b| max_k |w_k| / tau`` of the logits (acc dtype)."""
+    dtype = acc_dtype(features)
+    w_norm = torch.linalg.vector_norm(prototypes, dim=1, dtype=dtype).max()
+    return torch.linalg.vector_norm(features, dim=1, dtype=dtype) * (w_norm * inv_t)
+
+
+def _finish_lse(
+    bound: Tensor, run_sum: Tensor, f_in: Tensor, scale: float | None, prototypes: Tensor,
+    chunk: int,
+) -> Tensor:  # fmt: skip
+    """Row log-sum-exp from the bound-shifted sums; rows where the bound was so loose that
+    the sum could underflow are recomputed with a running max."""
+    lse = bound + run_sum.log()
+    loose = run_sum < _UNDERFLOW_GUARD
+    if bool(loose.any()):
+        lse[loose] = _online_logsumexp(f_in[loose], scale, prototypes, chunk)
+    return lse
+
+
+def _softmax_grad_into(
+    out: Tensor, f_in: Tensor, w: Tensor, scale: float | None, neg_lse: Tensor,
+    softmax_scale: Tensor,
+) -> Tensor:  # fmt: skip
+    """The softmax part of dL/dz for a tile: ``softmax_scale * exp(s - lse)``."""
+    return _logits_into(out, f_in, w, scale, neg_lse).exp_().mul_(softmax_scale)
+
+
+def _without_autocast(backward, ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
+    """Run ``backward``: one called inside an autocast region would run under it too, and
+    the dtypes of its einsums and matmuls are chosen explicitly."""
+    with torch.autocast(grad_loss.device.type, enabled=False):
+        return backward(ctx, grad_loss)
+
+
 class _PrototypeCrossEntropy(torch.autograd.Function):
     """Chunked torch path: one ``[B, chunk]`` tile at a time, never ``[B, K]``.
 
@@ -178,8 +219,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         inv_t = 1.0 / student_temp
         acc = {"dtype": acc_dtype(features), "device": features.device}
         f_in, scale = _scaled_features(features, inv_t)
-        w_norm = torch.linalg.vector_norm(prototypes, dim=1, dtype=acc["dtype"]).max()
-        bound = torch.linalg.vector_norm(features, dim=1, dtype=acc["dtype"]) * (w_norm * inv_t)
+        bound = _logit_bound(features, prototypes, inv_t)
         neg_bound = (-bound)[:, None]
         s_buf = _tile_buffer(rows, chunk, **acc)
         run_sum = torch.zeros(rows, **acc)
@@ -188,10 +228,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
             s = _logits_into(_tile(s_buf, rows, w.shape[0]), f_in, w, scale, neg_bound)
             run_sum.add_(s.exp_().sum(dim=1))
         del s_buf
-        lse = bound + run_sum.log()
-        loose = run_sum < _UNDERFLOW_GUARD
-        if bool(loose.any()):
-            lse[loose] = _online_logsumexp(f_in[loose], scale, prototypes, chunk)
+        lse = _finish_lse(bound, run_sum, f_in, scale, prototypes, chunk)
         # per row: p W (its target mixed over teacher crops) and the target mass
         w_acc = weights.to(acc["dtype"])
         pw = torch.einsum(
@@ -208,10 +245,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        # backward() called inside an autocast region runs this under autocast too; the
-        # einsum/matmul dtypes here are chosen explicitly and must not be recast.
-        with torch.autocast(grad_loss.device.type, enabled=False):
-            return _PrototypeCrossEntropy._backward(ctx, grad_loss)
+        return _without_autocast(_PrototypeCrossEntropy._backward, ctx, grad_loss)
 
     @staticmethod
     def _backward(ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
@@ -238,8 +272,8 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         grad_w = torch.empty_like(prototypes) if need_w else None
         for k0 in range(0, k, chunk):
             w = prototypes[k0 : k0 + chunk]
-            g = _logits_into(_tile(g_buf, rows, w.shape[0]), f_in, w, scale, neg_lse)
-            g.exp_().mul_(softmax_scale)  # the softmax part of dL/dz
+            g = _softmax_grad_into(_tile(g_buf, rows, w.shape[0]), f_in, w, scale, neg_lse,
+                                   softmax_scale)  # fmt: skip
             g_in = g if fast else g.to(features.dtype)
             if grad_f is not None:
                 grad_f.addmm_(g_in, w) if fast else grad_f.add_(g_in @ w)
@@ -252,6 +286,135 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
                 grad_w[k0 : k0 + chunk] = tile
         if grad_w is not None and fast:
             grad_w.addmm_(targets.reshape(-1, k).T, x.reshape(-1, x.shape[-1]), alpha=-1)
+        if grad_f is not None:
+            grad_f.sub_(row_scale[:, None] * pw)
+        return (
+            grad_f.to(features.dtype) if grad_f is not None else None,
+            grad_w,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+class _LazyTargetsCrossEntropy(torch.autograd.Function):
+    """Chunked torch path against :class:`PrototypeTargets`: the teacher tile of each
+    chunk of prototypes is recomputed from the teacher features where it is needed (the
+    ``P W`` product forward, ``P^T X`` backward), so no ``[B_t, K]`` matrix exists. Rows
+    normalised here (softmax targets) keep a running max and sum, as the student side.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        features: Tensor,
+        prototypes: Tensor,
+        weights: Tensor,
+        student_temp: float,
+        chunk: int,
+        targets: PrototypeTargets,
+    ) -> Tensor:
+        rows, k = features.shape[0], prototypes.shape[0]
+        n_teacher, t_rows = weights.shape[1], targets.rows
+        inv_t = 1.0 / student_temp
+        acc = {"dtype": acc_dtype(features), "device": features.device}
+        f_in, scale = _scaled_features(features, inv_t)
+        bound = _logit_bound(features, prototypes, inv_t)
+        neg_bound = (-bound)[:, None]
+        s_buf = _tile_buffer(rows, chunk, **acc)
+        t_buf = _tile_buffer(t_rows, chunk, **acc)
+        run_sum = torch.zeros(rows, **acc)
+        normalise = targets.row_shift is None
+        pw_t = torch.zeros(t_rows, features.shape[1], **acc)
+        t_max = torch.full((t_rows,), -torch.inf, **acc)
+        t_sum = torch.zeros(t_rows, **acc)
+        for k0 in range(0, k, chunk):
+            w = prototypes[k0 : k0 + chunk]
+            c = w.shape[0]
+            s = _logits_into(_tile(s_buf, rows, c), f_in, w, scale, neg_bound)
+            run_sum.add_(s.exp_().sum(dim=1))
+            p = targets.logits_into(_tile(t_buf, t_rows, c), k0, k0 + c)
+            if normalise:  # running max: rescale what was summed so far
+                new_max = torch.maximum(t_max, p.amax(dim=1))
+                rescale = torch.exp(t_max - new_max)
+                pw_t.mul_(rescale[:, None])
+                t_sum.mul_(rescale)
+                p.sub_(new_max[:, None])
+                t_max = new_max
+            else:
+                p.add_(targets.row_shift[:, None])
+            p.exp_()
+            t_sum.add_(p.sum(dim=1))
+            pw_t.addmm_(p, w.to(acc["dtype"]))
+        del s_buf, t_buf
+        lse = _finish_lse(bound, run_sum, f_in, scale, prototypes, chunk)
+        if normalise:
+            pw_t.div_(t_sum[:, None])
+            t_shift = -(t_max + t_sum.log())  # row shift that makes each row sum to 1
+            mass_t = torch.ones(t_rows, **acc)
+        else:
+            t_shift = targets.row_shift
+            mass_t = t_sum
+        w_acc = weights.to(acc["dtype"])
+        n_images = t_rows // n_teacher
+        pw = torch.einsum("ct,tbd->cbd", w_acc, pw_t.view(n_teacher, n_images, -1))
+        pw = pw.reshape(rows, -1)
+        mass = (w_acc @ mass_t.view(n_teacher, n_images)).reshape(rows)
+        dot = torch.linalg.vecdot(features.to(acc["dtype"]), pw) * inv_t
+        ctx.save_for_backward(features, prototypes, weights, lse, mass, pw, t_shift)
+        ctx.targets = targets
+        ctx.student_temp = student_temp
+        ctx.chunk = chunk
+        return mass * lse - dot
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
+        return _without_autocast(_LazyTargetsCrossEntropy._backward, ctx, grad_loss)
+
+    @staticmethod
+    def _backward(ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
+        features, prototypes, weights, lse, mass, pw, t_shift = ctx.saved_tensors
+        need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_f or need_w):
+            return None, None, None, None, None, None
+        targets: PrototypeTargets = ctx.targets
+        inv_t = 1.0 / ctx.student_temp
+        chunk = ctx.chunk
+        n_crops, n_teacher = weights.shape
+        rows, k = features.shape[0], prototypes.shape[0]
+        t_rows = targets.rows
+        acc = {"dtype": lse.dtype, "device": features.device}
+        f_in, scale = _scaled_features(features, inv_t)
+        row_scale = grad_loss.to(lse.dtype) * inv_t
+        softmax_scale = (mass * row_scale)[:, None]
+        neg_lse = (-lse)[:, None]
+        features_acc = features.to(acc["dtype"])
+        # grad_W's target part: P^T X, X_t = sum_c weights[c, t] * row_scale * f (crop c)
+        rf = (row_scale[:, None] * features_acc).view(n_crops, t_rows // n_teacher, -1)
+        x = torch.einsum("ct,cbd->tbd", weights.to(acc["dtype"]), rf).reshape(t_rows, -1)
+        fast = _fast_path(features, prototypes)
+        g_buf = _tile_buffer(rows, chunk, **acc)
+        t_buf = _tile_buffer(t_rows, chunk, **acc)
+        grad_f = torch.zeros(features.shape, **acc) if need_f else None
+        grad_w = torch.empty_like(prototypes) if need_w else None
+        for k0 in range(0, k, chunk):
+            w = prototypes[k0 : k0 + chunk]
+            c = w.shape[0]
+            g = _softmax_grad_into(_tile(g_buf, rows, c), f_in, w, scale, neg_lse, softmax_scale)
+            g_in = g if fast else g.to(features.dtype)
+            if grad_f is not None:
+                grad_f.addmm_(g_in, w) if fast else grad_f.add_(g_in @ w)
+            if grad_w is not None:
+                p = targets.logits_into(_tile(t_buf, t_rows, c), k0, k0 + c)
+                p.add_(t_shift[:, None]).exp_()
+                if fast:
+                    tile = torch.mm(g.T, features, out=grad_w[k0 : k0 + c])
+                    tile.addmm_(p.T, x, alpha=-1)
+                else:
+                    tile = torch.mm(g.T, features_acc)
+                    tile.addmm_(p.T, x, alpha=-1)
+                    grad_w[k0 : k0 + c] = tile
         if grad_f is not None:
             grad_f.sub_(row_scale[:, None] * pw)
         return (
@@ -297,13 +460,13 @@ def prototype_cross_entropy(
     chunk = _check_head(fn, student_features, prototypes, chunk_size)
     student_features, prototypes = _autocast(student_features, prototypes)
     rows, k = student_features.shape[0], prototypes.shape[0]
-    targets = teacher_probs[None] if teacher_probs.dim() == 2 else teacher_probs
-    if (
-        targets.dim() != 3
-        or targets.shape[2] != k
-        or targets.shape[1] == 0
-        or rows % targets.shape[1]
-    ):
+    lazy = teacher_probs if isinstance(teacher_probs, PrototypeTargets) else None
+    if lazy is not None:
+        t_shape = (lazy.groups, lazy.rows // lazy.groups, lazy.shape[-1])
+    else:
+        targets = teacher_probs[None] if teacher_probs.dim() == 2 else teacher_probs
+        t_shape = tuple(targets.shape)
+    if len(t_shape) != 3 or t_shape[2] != k or t_shape[1] == 0 or rows % t_shape[1]:
         raise ValueError(
             f"medssl.losses.{fn}: teacher_probs shape {tuple(teacher_probs.shape)} does not fit "
             f"{rows} student rows and {k} prototypes: expected [{rows}, {k}], [B_t, {k}] or "
@@ -314,13 +477,13 @@ def prototype_cross_entropy(
             f"medssl.losses.{fn}: teacher_probs requires grad; the fused head gives targets "
             "no gradient, pass teacher_probs.detach()"
         )
-    n_crops = rows // targets.shape[1]
+    n_crops = rows // t_shape[1]
     if crop_weights is None:
-        crop_weights = torch.ones(n_crops, targets.shape[0], device=targets.device)
-    elif tuple(crop_weights.shape) != (n_crops, targets.shape[0]):
+        crop_weights = torch.ones(n_crops, t_shape[0], device=student_features.device)
+    elif tuple(crop_weights.shape) != (n_crops, t_shape[0]):
         raise ValueError(
             f"medssl.losses.{fn}: crop_weights shape {tuple(crop_weights.shape)}, expected "
-            f"[{n_crops}, {targets.shape[0]}] (student crops, teacher crops)"
+            f"[{n_crops}, {t_shape[0]}] (student crops, teacher crops)"
         )
     crop_weights = crop_weights.detach().float()
     use_triton = resolve_impl(impl, student_features, fn) == "triton"
@@ -328,8 +491,14 @@ def prototype_cross_entropy(
         if use_triton:
             from medssl.losses import triton_kernels
 
+            if lazy is not None:  # the Triton head reads dense targets
+                targets = lazy.materialize().view(t_shape)
             return triton_kernels.prototype_cross_entropy(
                 student_features, targets, prototypes, float(student_temp), crop_weights
+            )
+        if lazy is not None:
+            return _LazyTargetsCrossEntropy.apply(
+                student_features, prototypes, crop_weights, float(student_temp), chunk, lazy
             )
         return _PrototypeCrossEntropy.apply(
             student_features, prototypes, targets, crop_weights, float(student_temp), chunk
@@ -346,7 +515,8 @@ def prototype_targets(
     n_iter: int = 3,
     impl: str = "auto",
     chunk_size: int | None = None,
-) -> Tensor:
+    lazy: bool = False,
+) -> Tensor | PrototypeTargets:
     """Teacher probabilities ``[B, K]`` (fp32; fp64 for fp64 inputs; rows sum to 1) of ``teacher_features @ prototypes.T``.
 
     ``centering="softmax_center"``: ``softmax((z - center) / temp)`` (``center`` ``[K]`` or
@@ -354,13 +524,20 @@ def prototype_targets(
     ``"sinkhorn_knopp"``: :func:`medssl.losses.sinkhorn_knopp` of ``z`` with ``n_iter``
     iterations (all-reduced when distributed). The output is the only ``[B, K]`` matrix:
     logits are written tile by tile into it and normalised in place. No gradient.
+
+    ``lazy=True`` returns a :class:`~medssl.losses.targets.PrototypeTargets` instead: the
+    same probabilities as a formula (features, prototypes, column and row shifts), which
+    :func:`prototype_cross_entropy` streams over without ever holding ``[B, K]``
+    (Sinkhorn-Knopp's scaling vectors are computed here, one pass over the logits per
+    iteration; softmax rows are normalised where they are streamed). Keep the prototypes
+    unchanged until the loss has been backpropagated: the targets read them then.
     """
     fn = "prototype_targets"
     chunk = _check_head(fn, teacher_features, prototypes, chunk_size)
     teacher_features, prototypes = _autocast(teacher_features, prototypes)
     with torch.autocast(teacher_features.device.type, enabled=False):
         return _prototype_targets(
-            teacher_features, prototypes, temp, centering, center, n_iter, impl, chunk
+            teacher_features, prototypes, temp, centering, center, n_iter, impl, chunk, lazy
         )
 
 
@@ -373,7 +550,8 @@ def _prototype_targets(
     n_iter: int,
     impl: str,
     chunk: int,
-) -> Tensor:
+    lazy: bool = False,
+) -> Tensor | PrototypeTargets:
     fn = "prototype_targets"
     if centering not in CENTERINGS:
         raise ValueError(
@@ -388,6 +566,11 @@ def _prototype_targets(
         )
     if centering == "sinkhorn_knopp" and center is not None:
         raise ValueError(f"medssl.losses.{fn}: centering='sinkhorn_knopp' takes no center")
+    if lazy:
+        dtype = acc_dtype(teacher_features)
+        col_shift = None if center is None else center.reshape(-1).to(dtype) * (-1.0 / temp)
+        base = PrototypeTargets(teacher_features, prototypes, 1.0 / temp, col_shift)
+        return sinkhorn_shifts(base, n_iter, chunk) if centering == "sinkhorn_knopp" else base
     if resolve_impl(impl, teacher_features, fn) == "triton":
         from medssl.losses import triton_kernels
 

@@ -161,3 +161,17 @@ def test_launch_falls_back_to_one_stage_once(caplog) -> None:
     with pytest.raises(triton.runtime.errors.OutOfResources):  # one stage too: no retry
         tk._launch(kernel, (1,), num_stages=1, BLOCK_B=256)
     assert calls == [1]
+
+
+def test_lazy_targets_through_the_triton_head() -> None:
+    """PrototypeTargets are materialised for the Triton head: same loss and grads as torch."""
+    f64, w64, t64 = _head(12, 16, 130)
+    lazy = prototype_targets(t64.float()[:6], w64.float(), 0.04, centering="sinkhorn_knopp",
+                             lazy=True)  # fmt: skip
+    out = {}
+    for impl in ("triton", "torch"):
+        f, w = f64.float().requires_grad_(), w64.float().requires_grad_()
+        loss = prototype_cross_entropy(f, lazy, w, 0.1, impl=impl)
+        out[impl] = (loss, *torch.autograd.grad(loss.sum(), (f, w)))
+    for a, b in zip(out["triton"], out["torch"], strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
