@@ -15,6 +15,10 @@ lightly's happens in DataLoader workers, medssl's on the device before the forwa
 Run one configuration in a fresh process (what the memory figures need)::
 
     python benchmarks/train_step_workload.py --impl medssl --precision 32 --rounds 3
+
+Memory, both sides alike, of the first step: the peak of the bytes PyTorch's CPU allocator
+holds above the start (``allocator_peak_bytes``, from the profiler's memory events), and
+the process's high-water RSS minus its RSS before the step (allocator-dependent).
 """
 
 from __future__ import annotations
@@ -48,6 +52,34 @@ def _rss_bytes() -> int:
 
 def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def allocator_peak_bytes(fn: Callable[[], None]) -> int:
+    """Run ``fn`` and return the peak, above the start, of the bytes held by PyTorch's CPU
+    allocator during it.
+
+    ``torch.profiler`` with ``profile_memory`` records every allocation and free of the c10
+    CPU allocator (what every tensor is made of) with its size; the running sum of those
+    events in time order peaks at the step's tensor-memory high-water mark. Unlike RSS it
+    does not depend on whether glibc kept or returned earlier freed blocks, and unlike a
+    Python-side tracker it changes nothing in the run (a reference held to a gradient's
+    storage, for one, would turn autograd's in-place gradient sums into copies).
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
+    )
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak
 
 
 def medssl_step(precision: str) -> Callable[[], None]:
@@ -197,13 +229,14 @@ BUILDERS: dict[str, Callable[[str], Callable[[], None]]] = {
 
 
 def measure(impl: str, precision: str, rounds: int) -> dict[str, Any]:
-    """Step times, and the step's peak memory: the high-water RSS of the first step minus
-    the RSS once the model is built (so AdamW's state, allocated by that step, counts)."""
+    """Step times, and the first step's peak memory (AdamW's state, allocated by that step,
+    counts on both sides): the allocator's peak above the start (``allocator_peak_bytes``),
+    and the high-water RSS minus the RSS once the model is built (allocator-dependent)."""
     torch.set_num_threads(THREADS)
     step = BUILDERS[impl](precision)
     rest = _rss_bytes()
     start = time.perf_counter()
-    step()
+    tensor_peak = allocator_peak_bytes(step)
     first = time.perf_counter() - start
     peak = _max_rss_bytes() - rest
     times = []
@@ -217,6 +250,7 @@ def measure(impl: str, precision: str, rounds: int) -> dict[str, Any]:
         "first_step_s": first,
         "step_s": sorted(times)[len(times) // 2] if times else first,
         "step_times_s": times,
+        "peak_tensor_memory_gib": tensor_peak / 2**30,
         "peak_step_memory_gib": peak / 2**30,
         "model_rss_gib": rest / 2**30,
     }
