@@ -652,16 +652,33 @@ class Trainer:
         """Clip, step, zero the gradients and move the EMA teacher."""
         self._cancel_frozen_grads(epoch)
         if self.train_opts.clip_grad:
-            self.fabric.clip_gradients(
-                self.model,
-                self.optimizer,
-                max_norm=self.train_opts.clip_grad,
-                error_if_nonfinite=False,
-            )
+            self._clip_gradients(self.train_opts.clip_grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             ema_update(self.raw_model.ema_pairs(), momentum)
+
+    def _clip_gradients(self, max_norm: float) -> None:
+        """Scale the gradients to a total norm of at most ``max_norm`` (DINOv2's clip_grad).
+
+        Fabric's clip (``torch.nn.utils.clip_grad_norm_``) always multiplies every gradient
+        by the clamped coefficient, to avoid a device sync. On the CPU the norm is on the
+        host already, so that pass is skipped when the coefficient is 1 (the result is
+        bit-identical: multiplying by 1 changes nothing).
+        """
+        if self.fabric.device.type != "cpu" or self._is_fsdp():
+            self.fabric.clip_gradients(
+                self.model, self.optimizer, max_norm=max_norm, error_if_nonfinite=False
+            )
+            return
+        optimizer = self.optimizer.optimizer
+        self.fabric.strategy.precision.unscale_gradients(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return
+        total = torch.nn.utils.get_total_norm([p.grad for p in params], error_if_nonfinite=False)
+        if bool(max_norm / (total + 1e-6) < 1.0):
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
 
     def _agree_stop(self, signalled: bool, out_of_time: bool) -> tuple[bool, bool]:
         """Stop every rank when any rank is told to (SLURM may signal only some), so no

@@ -88,6 +88,29 @@ def test_cpu_optimiser_is_fused_adamw(tmp_path: Path) -> None:
     assert steps == {1.0}  # the step ran and built the moments of every trained tensor
 
 
+@pytest.mark.parametrize("scale", [1e-3, 10.0])
+def test_cpu_clip_is_bit_identical_to_clip_grad_norm(tmp_path: Path, scale: float) -> None:
+    """Below the threshold the CPU clip skips the multiply by 1; above it, it scales."""
+    trainer = train(recipe(tmp_path, {"dino": HEAD}, {"batch_size": 2, "steps": 1}))
+    params = [p for p in trainer.raw_model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * scale
+    expected = [p.grad.clone() for p in params]
+    total = torch.nn.utils.clip_grad_norm_([_with_grad(g) for g in expected], 3.0)
+    trainer._clip_gradients(3.0)
+    assert (float(total) > 3.0) == (scale > 1.0)
+    for p, g in zip(params, expected, strict=True):
+        assert torch.equal(p.grad, g)
+
+
+def _with_grad(grad: torch.Tensor) -> torch.Tensor:
+    """A stand-in parameter whose ``.grad`` is ``grad`` itself (clipped in place)."""
+    holder = torch.zeros_like(grad, requires_grad=True)
+    holder.grad = grad
+    return holder
+
+
 # -- kill and resume ----------------------------------------------------------------------
 
 
