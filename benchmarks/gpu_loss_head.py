@@ -40,7 +40,7 @@ def bf16_peak(name: str) -> float | None:
 
 
 def use_triton_tiles(spec: str) -> None:
-    """Set the Triton head's tiles from ``BxKwWsS`` (e.g. ``128x64w8s3``) for a tile sweep."""
+    """Set every Triton head kernel's tiles from ``BxKwWsS`` (e.g. ``128x64w8s3``), for a sweep."""
     from medssl.losses import triton_kernels as tk
 
     tiles, rest = spec.split("w")
@@ -49,7 +49,7 @@ def use_triton_tiles(spec: str) -> None:
     config = {"BLOCK_B": block_b, "BLOCK_K": block_k, "num_warps": int(warps),
               "num_stages": int(stages)}  # fmt: skip
     for dtype in list(tk._HEAD_CONFIGS):
-        tk._HEAD_CONFIGS[dtype] = dict(config)
+        tk._HEAD_CONFIGS[dtype] = {name: dict(config) for name in tk._KERNELS}
 
 
 def run_variant(variant: str, args, flops: float) -> dict:
@@ -116,7 +116,8 @@ def main() -> int:
           f"K={args.k}; {flops / 1e9:.0f} GFLOP per step (eager count)")  # fmt: skip
     from medssl.losses import triton_kernels as tk
 
-    defaults = {dtype: dict(config) for dtype, config in tk._HEAD_CONFIGS.items()}
+    defaults = {dtype: {name: dict(c) for name, c in configs.items()}
+                for dtype, configs in tk._HEAD_CONFIGS.items()}  # fmt: skip
     results = []
     variants = args.variants.split(",") + [f"triton@{t}" for t in args.triton_tiles.split(",") if t]
     for variant in variants:

@@ -46,21 +46,39 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _DOT_F32 = triton_interpreter_enabled()
 # Enough programs to fill an H100/H200 (132 SMs) twice over.
 _TARGET_PROGRAMS = 264
-# Tiles and launch options of the head kernels per input dtype. bf16/fp16: 64 rows x 64
-# prototypes x 4 warps x 3 stages was the fastest of the tiles swept on an H200
-# (benchmarks/RESULTS.md, "Loss head on a GPU"). fp32 tiles are twice the bytes: two
-# pipeline stages fit the shared memory (three overflowed it at D = 256).
-_HEAD_CONFIGS: dict[torch.dtype, dict[str, int]] = {
-    torch.bfloat16: {"BLOCK_B": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
-    torch.float16: {"BLOCK_B": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
-    torch.float32: {"BLOCK_B": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+# Tiles and launch options of each head kernel per input dtype. Chosen so that no kernel
+# spills registers at D = 256 on sm_90 (ptxas reports, `benchmarks/triton_spills.py`): the
+# [rows, 256] fp32 accumulators of the gradient kernels leave room for 32-prototype tiles
+# at 8 warps only (64-prototype tiles spilled 1 KB per thread in the prototype gradient,
+# the slowest kernel on an H200 in benchmarks/RESULTS.md). fp32 tiles are twice the bytes
+# (two pipeline stages fit the shared memory) and exact fp32 dots use more registers.
+_KERNELS = ("lse", "features", "prototypes", "targets", "logits")
+
+
+def _tiles(block_b: int, block_k: int, warps: int, stages: int) -> dict[str, int]:
+    return {"BLOCK_B": block_b, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
+
+
+_LOW_PRECISION = {
+    "lse": _tiles(128, 64, 8, 3),
+    "features": _tiles(64, 32, 8, 3),
+    "prototypes": _tiles(128, 32, 8, 3),
+    "targets": _tiles(32, 32, 8, 3),
+    "logits": _tiles(64, 64, 8, 3),
 }
-# Rows per step of the prototype-gradient kernel (its [rows, D] feature tiles are
-# pipelined: 128 rows x 3 stages overflowed an H200's shared memory), of its target-part
-# loop, and of the targets-times-prototypes kernel.
-_GRAD_W_ROWS = 64
+_HEAD_CONFIGS: dict[torch.dtype, dict[str, dict[str, int]]] = {
+    torch.bfloat16: _LOW_PRECISION,
+    torch.float16: _LOW_PRECISION,
+    torch.float32: {  # exact (ieee) fp32 dots need smaller tiles to stay in registers
+        "lse": _tiles(32, 32, 8, 2),
+        "features": _tiles(32, 32, 8, 2),
+        "prototypes": _tiles(16, 32, 8, 2),
+        "targets": _tiles(32, 32, 8, 2),
+        "logits": _tiles(32, 32, 8, 2),
+    },
+}
+# Teacher rows per step of the target-part loop of the prototype-gradient kernel.
 _BLOCK_T = 32
-_TARGET_ROWS = 64
 _logger = logging.getLogger("medssl.losses")
 
 
@@ -436,16 +454,28 @@ def _contiguous_rows(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _head_config(dtype: torch.dtype, block_b: int | None, block_k: int | None) -> dict:
-    """Tiles and launch options: the caller's, else the defaults for ``dtype``."""
-    base = dict(_HEAD_CONFIGS.get(dtype, _HEAD_CONFIGS[torch.bfloat16]))
-    if _DOT_F32:  # the interpreter: small tiles keep the CPU emulation quick
-        base.update(BLOCK_B=16, BLOCK_K=64, num_warps=4, num_stages=1)
-    if block_b is not None:
-        base["BLOCK_B"] = block_b
-    if block_k is not None:
-        base["BLOCK_K"] = block_k
-    return base
+def _head_config(
+    dtype: torch.dtype, block_b: int | None, block_k: int | None
+) -> dict[str, dict[str, int]]:
+    """Per-kernel tiles and launch options: the defaults for ``dtype``, the caller's
+    ``block_b``/``block_k`` for every kernel when given."""
+    configs = _HEAD_CONFIGS.get(dtype, _HEAD_CONFIGS[torch.bfloat16])
+    out = {}
+    for name in _KERNELS:
+        cfg = dict(configs[name])
+        if _DOT_F32:  # the interpreter: small tiles keep the CPU emulation quick
+            cfg.update(BLOCK_B=16, BLOCK_K=64, num_warps=4, num_stages=1)
+        if block_b is not None:
+            cfg["BLOCK_B"] = block_b
+        if block_k is not None:
+            cfg["BLOCK_K"] = block_k
+        out[name] = cfg
+    return out
+
+
+def _options(cfg: dict[str, int], d: int, **extra) -> dict:  # type: ignore[no-untyped-def]
+    """Launch keywords of one kernel: its tiles, BLOCK_D for ``d``, warps and stages."""
+    return {**cfg, "BLOCK_D": _block_d(d), "DOT_F32": _DOT_F32, **extra}
 
 
 def _n_splits(row_blocks: int, k: int, block_k: int) -> int:
@@ -461,23 +491,19 @@ def _merge_lse2(stats: Tensor) -> Tensor:
 
 
 def _targets_times_prototypes(
-    targets: Tensor, prototypes: Tensor, cfg: dict
+    targets: Tensor, prototypes: Tensor, cfg: dict[str, int]
 ) -> tuple[Tensor, Tensor]:
     """``targets @ prototypes`` ``[T * B_t, D]`` and the target row sums, in fp32."""
     tb, k = targets.shape
     d = prototypes.shape[1]
-    block_b = min(cfg["BLOCK_B"], _TARGET_ROWS)
-    row_blocks = triton.cdiv(tb, block_b)
+    row_blocks = triton.cdiv(tb, cfg["BLOCK_B"])
     n_split = _n_splits(row_blocks, k, cfg["BLOCK_K"])
     partial = torch.empty(n_split, tb, d, dtype=torch.float32, device=targets.device)
     mass = torch.empty(n_split, tb, dtype=torch.float32, device=targets.device)
     _launch(_targets_times_prototypes_kernel, (row_blocks, n_split),
-        targets, prototypes, partial, mass,
-        tb, k, d,
-        targets.stride(0), prototypes.stride(0),
-        BLOCK_B=block_b, BLOCK_K=cfg["BLOCK_K"], BLOCK_D=_block_d(d),
-        PRECISION=_precision(prototypes.dtype), SPLIT=prototypes.dtype != torch.float32,
-        DOT_F32=_DOT_F32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        targets, prototypes, partial, mass, tb, k, d, targets.stride(0), prototypes.stride(0),
+        **_options(cfg, d, PRECISION=_precision(prototypes.dtype),
+                   SPLIT=prototypes.dtype != torch.float32),
     )  # fmt: skip
     return partial.sum(dim=0), mass.sum(dim=0)
 
@@ -493,19 +519,17 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
         k = prototypes.shape[0]
         n_teacher, n_images = targets.shape[0], targets.shape[1]
         flat_targets = targets.reshape(n_teacher * n_images, k)
-        row_blocks = triton.cdiv(rows, cfg["BLOCK_B"])
-        n_split = _n_splits(row_blocks, k, cfg["BLOCK_K"])
+        lse_cfg = cfg["lse"]
+        row_blocks = triton.cdiv(rows, lse_cfg["BLOCK_B"])
+        n_split = _n_splits(row_blocks, k, lse_cfg["BLOCK_K"])
         stats = torch.empty(n_split, 2, rows, dtype=torch.float32, device=features.device)
-        scale2 = _LOG2E / student_temp
-        launch = dict(BLOCK_B=cfg["BLOCK_B"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=_block_d(d),
-                      PRECISION=_precision(features.dtype), DOT_F32=_DOT_F32,
-                      num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])  # fmt: skip
         _launch(_lse_kernel, (row_blocks, n_split),
             features, prototypes, stats, rows, k, d,
-            features.stride(0), prototypes.stride(0), scale2, **launch,
+            features.stride(0), prototypes.stride(0), _LOG2E / student_temp,
+            **_options(lse_cfg, d, PRECISION=_precision(features.dtype)),
         )  # fmt: skip
         lse2 = _merge_lse2(stats)
-        pw_t, mass_t = _targets_times_prototypes(flat_targets, prototypes, cfg)
+        pw_t, mass_t = _targets_times_prototypes(flat_targets, prototypes, cfg["targets"])
         # row (crop c, image b): its target is sum_t weights[c, t] * targets[t, b]
         pw = torch.einsum("ct,tbd->cbd", weights, pw_t.view(n_teacher, n_images, d))
         pw = pw.reshape(rows, d)
@@ -525,27 +549,27 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad_loss):  # type: ignore[no-untyped-def]
         features, prototypes, flat_targets, weights, lse2, mass, pw = ctx.saved_tensors
-        cfg = ctx.cfg
         rows, d = features.shape
         k = prototypes.shape[0]
         inv_t = 1.0 / ctx.student_temp
         scale2 = _LOG2E * inv_t
         row_scale = grad_loss.float() * inv_t
         soft_scale = (mass * row_scale).contiguous()
-        launch = dict(BLOCK_B=cfg["BLOCK_B"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=_block_d(d),
-                      PRECISION=_precision(features.dtype), DOT_F32=_DOT_F32,
-                      num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])  # fmt: skip
+        precision = _precision(features.dtype)
         grad_f = grad_w = None
         if ctx.needs_input_grad[0]:
+            cfg = ctx.cfg["features"]
             row_blocks = triton.cdiv(rows, cfg["BLOCK_B"])
             n_split = _n_splits(row_blocks, k, cfg["BLOCK_K"])
             partial = torch.empty(n_split, rows, d, dtype=torch.float32, device=features.device)
             _launch(_ce_bwd_features_kernel, (row_blocks, n_split),
                 features, prototypes, lse2, soft_scale, partial, rows, k, d,
-                features.stride(0), prototypes.stride(0), scale2, **launch,
+                features.stride(0), prototypes.stride(0), scale2,
+                **_options(cfg, d, PRECISION=precision),
             )  # fmt: skip
             grad_f = partial.sum(dim=0).sub_(row_scale[:, None] * pw).to(features.dtype)
         if ctx.needs_input_grad[1]:
+            cfg = ctx.cfg["prototypes"]
             n_teacher = weights.shape[1]
             n_images = flat_targets.shape[0] // n_teacher
             # X_t = sum_c weights[c, t] * row_scale f (crop c): grad_W's target part is P^T X
@@ -555,13 +579,12 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
             x_hi = x.to(features.dtype).contiguous()
             x_lo = (x - x_hi.float()).to(features.dtype) if split else x_hi
             grad_w = torch.empty_like(prototypes)
-            launch["BLOCK_B"] = min(cfg["BLOCK_B"], _GRAD_W_ROWS)
             _launch(_ce_bwd_prototypes_kernel, (triton.cdiv(k, cfg["BLOCK_K"]),),
                 features, prototypes, lse2, soft_scale, flat_targets, x_hi, x_lo, grad_w,
                 rows, k, d, flat_targets.shape[0],
                 features.stride(0), prototypes.stride(0), flat_targets.stride(0),
                 grad_w.stride(0), scale2,
-                BLOCK_T=_BLOCK_T, SPLIT=split, **launch,
+                **_options(cfg, d, BLOCK_T=_BLOCK_T, SPLIT=split, PRECISION=precision),
             )  # fmt: skip
         return grad_f, grad_w, None, None, None, None
 
@@ -611,21 +634,18 @@ def prototype_targets(
     prototypes = _contiguous_rows(prototypes)
     rows, d = features.shape
     k = prototypes.shape[0]
-    cfg = _head_config(features.dtype, block_b, block_k)
-    block_b, block_k = cfg["BLOCK_B"], cfg["BLOCK_K"]
+    cfg = _head_config(features.dtype, block_b, block_k)["logits"]
     out = torch.empty(rows, k, dtype=torch.float32, device=features.device)
-    k_tiles = triton.cdiv(k, block_k)
+    k_tiles = triton.cdiv(k, cfg["BLOCK_K"])
     tile_max = torch.empty(k_tiles, rows, dtype=torch.float32, device=features.device)
     tile_sum = torch.empty_like(tile_max)
     c = None if center is None else center.reshape(-1).float().contiguous()
-    _launch(_scaled_logits_kernel, (triton.cdiv(rows, block_b), k_tiles),
+    _launch(_scaled_logits_kernel, (triton.cdiv(rows, cfg["BLOCK_B"]), k_tiles),
         features, prototypes, c if c is not None else out, out, tile_max, tile_sum,
         rows, k, d,
         features.stride(0), prototypes.stride(0), out.stride(0),
         1.0 / temp,
-        HAS_CENTER=c is not None, BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_D=_block_d(d),
-        PRECISION=_precision(features.dtype), DOT_F32=_DOT_F32,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **_options(cfg, d, HAS_CENTER=c is not None, PRECISION=_precision(features.dtype)),
     )  # fmt: skip
     if centering == "sinkhorn_knopp":
         shift = global_max(tile_max).expand(rows).contiguous()
