@@ -106,6 +106,17 @@ def main() -> int:
             check(f"cross-entropy loss {tag}", loss, want, gt)
             check(f"cross-entropy grad_f {tag}", gf, want_gf, gt)
             check(f"cross-entropy grad_w {tag}", gw, want_gw, gt)
+            # lazy targets, computed inside the kernels from the teacher's features
+            lazy = prototype_targets(t_in.to(dev), w_in.to(dev), 0.04, center=center.float().to(dev),
+                                     lazy=True)  # fmt: skip
+            fc = f_in.to(dev).requires_grad_()
+            wc = w_in.to(dev).requires_grad_()
+            loss = prototype_cross_entropy(fc, lazy, wc, 0.1, impl="triton",
+                                           crop_weights=weights.to(dev))  # fmt: skip
+            gf, gw = torch.autograd.grad((loss * row_w.float().to(dev)).sum(), (fc, wc))
+            check(f"lazy-target loss {tag}", loss, want, gt)
+            check(f"lazy-target grad_f {tag}", gf, want_gf, gt)
+            check(f"lazy-target grad_w {tag}", gw, want_gw, gt)
     s = torch.randn(33, 3000, generator=g, dtype=torch.float64)
     c = torch.rand(3000, generator=g, dtype=torch.float64) * 0.1
     check("softmax_center row kernel", softmax_center(s.float().to(dev), c.float().to(dev), 0.04,

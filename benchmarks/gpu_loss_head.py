@@ -96,7 +96,7 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--k", type=int, default=65536)
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--variants", default="eager,compiled,chunked,triton")
+    parser.add_argument("--variants", default="eager,compiled,chunked,triton,triton_lazy")
     parser.add_argument(
         "--triton-tiles", default="", help="extra Triton tiles, e.g. 128x64w8s3,64x128w4s2"
     )

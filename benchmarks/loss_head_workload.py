@@ -11,7 +11,8 @@ backward to the bottleneck features and the prototypes. Variants:
 - ``chunked``: ``medssl.losses.prototype_targets(lazy=True)`` + ``prototype_cross_entropy``
   (torch path; the teacher targets are never materialised);
 - ``chunked_dense``: the same with the ``[B_t, K]`` targets materialised (``lazy=False``);
-- ``triton``: the same with ``impl="triton"``; ``compiled``: ``torch.compile`` of ``eager``.
+- ``triton``: the dense targets with ``impl="triton"``; ``triton_lazy``: lazy targets, computed
+  inside the Triton kernels; ``compiled``: ``torch.compile`` of ``eager``.
 
 The prototypes are the parameter (the weight-normalised last layer's weight): weight
 normalisation costs the same in every variant and is left out.
@@ -38,7 +39,7 @@ from medssl.losses import prototype_cross_entropy, prototype_targets
 
 N_GLOBAL, N_LOCAL = 2, 8
 STUDENT_TEMP, TEACHER_TEMP = 0.1, 0.04
-VARIANTS = ("lightly", "eager", "chunked", "chunked_dense", "triton", "compiled")
+VARIANTS = ("lightly", "eager", "chunked", "chunked_dense", "triton", "triton_lazy", "compiled")
 
 
 @dataclass
@@ -147,6 +148,8 @@ def make_step(variant: str, x: HeadInputs) -> Callable[[], Tensor]:
         return lambda: fused_step(x, "torch")
     if variant == "triton":
         return lambda: fused_step(x, "triton")
+    if variant == "triton_lazy":
+        return lambda: fused_step(x, "triton", lazy=True)
     if variant == "compiled":
         compiled = torch.compile(eager_loss)
 

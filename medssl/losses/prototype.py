@@ -491,10 +491,12 @@ def prototype_cross_entropy(
         if use_triton:
             from medssl.losses import triton_kernels
 
-            if lazy is not None:  # the Triton head reads dense targets
-                targets = lazy.materialize().view(t_shape)
             return triton_kernels.prototype_cross_entropy(
-                student_features, targets, prototypes, float(student_temp), crop_weights
+                student_features,
+                lazy if lazy is not None else targets,
+                prototypes,
+                float(student_temp),
+                crop_weights,
             )
         if lazy is not None:
             return _LazyTargetsCrossEntropy.apply(

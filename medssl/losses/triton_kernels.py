@@ -33,6 +33,7 @@ from torch import Tensor
 
 from medssl.losses.centering import global_max, sinkhorn_normalize_
 from medssl.losses.dispatch import triton_interpreter_enabled
+from medssl.losses.targets import PrototypeTargets
 
 __all__ = [
     "prototype_cross_entropy",
@@ -77,8 +78,9 @@ _HEAD_CONFIGS: dict[torch.dtype, dict[str, dict[str, int]]] = {
         "logits": _tiles(32, 32, 8, 2),
     },
 }
-# Teacher rows per step of the target-part loop of the prototype-gradient kernel.
-_BLOCK_T = 32
+# Teacher rows per step of the target-part loop of the prototype-gradient kernel (32
+# spilled once the targets are computed in the loop: lazy targets).
+_BLOCK_T = 16
 _logger = logging.getLogger("medssl.losses")
 
 
@@ -140,14 +142,15 @@ def _split_range(pid_s, K, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _lse_kernel(
-    F, W, Stats,
+    F, W, Stats, Col2,
     B, K, D,
     stride_fb, stride_wk,
     scale2,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr, DOT_F32: tl.constexpr, HAS_COL: tl.constexpr = False,
 ):  # fmt: skip
-    """Per (row block, split): running max and sum of exp2 of ``f W^T * scale2``."""
+    """Per (row block, split): running max and sum of exp2 of ``f W^T * scale2`` (plus
+    ``Col2[k]`` with HAS_COL: the teacher's centring, for lazy targets)."""
     pid_b = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -163,6 +166,8 @@ def _lse_kernel(
         k_ok = ks < k_end
         w = _load_rows(W, ks, k_ok, stride_wk, dcol, d_ok)
         s = _mm(f, tl.trans(w), PRECISION, DOT_F32) * scale2
+        if HAS_COL:
+            s += tl.load(Col2 + ks, mask=k_ok, other=0.0)[None, :]
         s = tl.where(k_ok[None, :], s, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(s, axis=1))
         run_sum = run_sum * tl.exp2(run_max - new_max) + tl.sum(tl.exp2(s - new_max[:, None]), 1)
@@ -221,14 +226,35 @@ def _split(x, LOW: tl.constexpr):
 
 
 @triton.jit
+def _target_tile(
+    P, TF, TW, Col2, Row2, trows, t_ok, ks, k_ok, stride_pb, stride_tf, stride_tw, dcol, d_ok,
+    tscale2, LAZY: tl.constexpr, HAS_COL: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):  # fmt: skip
+    """``[rows, prototypes]`` tile of the targets (0 outside): loaded from P, or (LAZY)
+    computed as ``exp2(TF TW^T * tscale2 + Col2[k] + Row2[b])`` from the teacher's
+    features and prototypes, the shifts in log2 units (:class:`PrototypeTargets`)."""
+    if LAZY:
+        tf = _load_rows(TF, trows, t_ok, stride_tf, dcol, d_ok)
+        tw = _load_rows(TW, ks, k_ok, stride_tw, dcol, d_ok)
+        z = _mm(tf, tl.trans(tw), PRECISION, DOT_F32) * tscale2
+        z += tl.load(Row2 + trows, mask=t_ok, other=0.0)[:, None]
+        if HAS_COL:
+            z += tl.load(Col2 + ks, mask=k_ok, other=0.0)[None, :]
+        return tl.where(t_ok[:, None] & k_ok[None, :], tl.exp2(z), 0.0)
+    return _load_rows(P, trows, t_ok, stride_pb, ks, k_ok)
+
+
+@triton.jit
 def _ce_bwd_prototypes_kernel(
     F, W, LSE2, SoftScale, P, XHi, XLo, GradW,
     B, K, D, TB,
     stride_fb, stride_wk, stride_pb, stride_gk,
     scale2,
+    TF, TW, Col2, Row2, stride_tf, stride_tw, tscale2,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr, PRECISION: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    DOT_F32: tl.constexpr, LAZY: tl.constexpr = False, HAS_COL: tl.constexpr = False,
 ):  # fmt: skip
     """A tile of prototypes: ``softmax part^T @ f`` over all rows, minus ``P^T X`` (the
     target part, over the ``TB`` teacher rows: one pass over the targets in all). SPLIT:
@@ -252,7 +278,8 @@ def _ce_bwd_prototypes_kernel(
     for t0 in range(0, TB, BLOCK_T):
         trows = t0 + tl.arange(0, BLOCK_T)
         t_ok = trows < TB
-        p = _load_rows(P, trows, t_ok, stride_pb, ks, k_ok)
+        p = _target_tile(P, TF, TW, Col2, Row2, trows, t_ok, ks, k_ok, stride_pb, stride_tf,
+                         stride_tw, dcol, d_ok, tscale2, LAZY, HAS_COL, PRECISION, DOT_F32)  # fmt: skip
         x_hi = _load_rows(XHi, trows, t_ok, D, dcol, d_ok)
         if SPLIT:
             x_lo = _load_rows(XLo, trows, t_ok, D, dcol, d_ok)
@@ -271,8 +298,10 @@ def _targets_times_prototypes_kernel(
     P, W, Out, Mass,
     TB, K, D,
     stride_pb, stride_wk,
+    TF, TW, Col2, Row2, stride_tf, stride_tw, tscale2,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
+    LAZY: tl.constexpr = False, HAS_COL: tl.constexpr = False,
 ):  # fmt: skip
     """Partial (per split) ``P W`` and row sums of ``P`` for a block of teacher rows
     (SPLIT: P as hi + lo in the prototypes' low precision, two products)."""
@@ -288,7 +317,8 @@ def _targets_times_prototypes_kernel(
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
-        p = _load_rows(P, rows, row_ok, stride_pb, ks, k_ok)
+        p = _target_tile(P, TF, TW, Col2, Row2, rows, row_ok, ks, k_ok, stride_pb, stride_tf,
+                         stride_tw, dcol, d_ok, tscale2, LAZY, HAS_COL, PRECISION, DOT_F32)  # fmt: skip
         w = _load_rows(W, ks, k_ok, stride_wk, dcol, d_ok)
         if SPLIT:
             p_hi, p_lo = _split(p, w.dtype)
@@ -437,7 +467,8 @@ def _launch(kernel, grid: tuple[int, ...], *args, **options) -> None:  # type: i
     """Launch ``kernel``; if its pipeline stages overflow this GPU's shared memory (cards
     smaller than the H200 the defaults were chosen on), use a single stage from then on."""
     key = (getattr(kernel, "__name__", str(kernel)),
-           *sorted((k, str(v)) for k, v in options.items()))  # fmt: skip
+           *sorted((k, str(v)) for k, v in options.items()
+                   if k.startswith(("BLOCK_", "num_")) or isinstance(v, (bool, str))))  # fmt: skip
     if key in _SINGLE_STAGE:
         options = {**options, "num_stages": 1}
     try:
@@ -490,20 +521,56 @@ def _merge_lse2(stats: Tensor) -> Tensor:
     return row_max + (run_sum * torch.exp2(run_max - row_max)).sum(dim=0).log2()
 
 
+def _row_lse2(f: Tensor, w: Tensor, scale2: float, col2: Tensor | None, cfg: dict) -> Tensor:
+    """Row log-sum-exp (base 2) of ``f W^T * scale2 (+ col2)`` by the streamed kernel."""
+    rows, d = f.shape
+    k = w.shape[0]
+    row_blocks = triton.cdiv(rows, cfg["BLOCK_B"])
+    n_split = _n_splits(row_blocks, k, cfg["BLOCK_K"])
+    stats = torch.empty(n_split, 2, rows, dtype=torch.float32, device=f.device)
+    _launch(_lse_kernel, (row_blocks, n_split),
+        f, w, stats, col2 if col2 is not None else stats, rows, k, d, f.stride(0), w.stride(0),
+        scale2, **_options(cfg, d, PRECISION=_precision(f.dtype), HAS_COL=col2 is not None),
+    )  # fmt: skip
+    return _merge_lse2(stats)
+
+
+def _dense_target_args(flat: Tensor) -> dict:
+    """Kernel arguments for ``[T * B_t, K]`` targets in memory."""
+    return {"P": flat, "TF": flat, "TW": flat, "Col2": flat, "Row2": flat,
+            "stride_pb": flat.stride(0), "stride_tf": 0, "stride_tw": 0, "tscale2": 1.0,
+            "LAZY": False, "HAS_COL": False}  # fmt: skip
+
+
+def _lazy_target_args(targets: PrototypeTargets, dtype: torch.dtype, cfg: dict) -> dict:
+    """Kernel arguments for targets computed tile by tile from the teacher's features."""
+    tf = _contiguous_rows(targets.features.to(dtype))
+    tw = _contiguous_rows(targets.prototypes.to(dtype))
+    tscale2 = targets.inv_temp * _LOG2E
+    col2 = None if targets.col_shift is None else (targets.col_shift.float() * _LOG2E)
+    col2 = None if col2 is None else col2.contiguous()
+    if targets.row_shift is None:  # softmax rows: minus the row log-sum-exp
+        row2 = -_row_lse2(tf, tw, tscale2, col2, cfg["lse"])
+    else:
+        row2 = (targets.row_shift.float() * _LOG2E).contiguous()
+    return {"P": tf, "TF": tf, "TW": tw, "Col2": row2 if col2 is None else col2, "Row2": row2,
+            "stride_pb": 0, "stride_tf": tf.stride(0), "stride_tw": tw.stride(0),
+            "tscale2": tscale2, "LAZY": True, "HAS_COL": col2 is not None}  # fmt: skip
+
+
 def _targets_times_prototypes(
-    targets: Tensor, prototypes: Tensor, cfg: dict[str, int]
+    tgt: dict, tb: int, prototypes: Tensor, cfg: dict[str, int]
 ) -> tuple[Tensor, Tensor]:
     """``targets @ prototypes`` ``[T * B_t, D]`` and the target row sums, in fp32."""
-    tb, k = targets.shape
-    d = prototypes.shape[1]
+    k, d = prototypes.shape
     row_blocks = triton.cdiv(tb, cfg["BLOCK_B"])
     n_split = _n_splits(row_blocks, k, cfg["BLOCK_K"])
-    partial = torch.empty(n_split, tb, d, dtype=torch.float32, device=targets.device)
-    mass = torch.empty(n_split, tb, dtype=torch.float32, device=targets.device)
+    partial = torch.empty(n_split, tb, d, dtype=torch.float32, device=prototypes.device)
+    mass = torch.empty(n_split, tb, dtype=torch.float32, device=prototypes.device)
     _launch(_targets_times_prototypes_kernel, (row_blocks, n_split),
-        targets, prototypes, partial, mass, tb, k, d, targets.stride(0), prototypes.stride(0),
-        **_options(cfg, d, PRECISION=_precision(prototypes.dtype),
-                   SPLIT=prototypes.dtype != torch.float32),
+        W=prototypes, Out=partial, Mass=mass, TB=tb, K=k, D=d, stride_wk=prototypes.stride(0),
+        **tgt, **_options(cfg, d, PRECISION=_precision(prototypes.dtype),
+                          SPLIT=prototypes.dtype != torch.float32),
     )  # fmt: skip
     return partial.sum(dim=0), mass.sum(dim=0)
 
@@ -511,34 +578,27 @@ def _targets_times_prototypes(
 class _TritonPrototypeCrossEntropy(torch.autograd.Function):
     """Kernels stream over the prototypes for the softmax part only; everything linear in
     the targets is a product with them (``P W`` forward, ``P^T X`` backward), as in the
-    torch path, so the ``[B, K]`` targets are read once per pass, not once per row block."""
+    torch path, so the ``[B, K]`` targets are read (or, lazy, computed) once per pass, not
+    once per row block."""
 
     @staticmethod
-    def forward(ctx, features, prototypes, targets, weights, student_temp, cfg):  # type: ignore[override]
+    def forward(ctx, features, prototypes, weights, student_temp, cfg, tgt, tb):  # type: ignore[override]
         rows, d = features.shape
-        k = prototypes.shape[0]
-        n_teacher, n_images = targets.shape[0], targets.shape[1]
-        flat_targets = targets.reshape(n_teacher * n_images, k)
-        lse_cfg = cfg["lse"]
-        row_blocks = triton.cdiv(rows, lse_cfg["BLOCK_B"])
-        n_split = _n_splits(row_blocks, k, lse_cfg["BLOCK_K"])
-        stats = torch.empty(n_split, 2, rows, dtype=torch.float32, device=features.device)
-        _launch(_lse_kernel, (row_blocks, n_split),
-            features, prototypes, stats, rows, k, d,
-            features.stride(0), prototypes.stride(0), _LOG2E / student_temp,
-            **_options(lse_cfg, d, PRECISION=_precision(features.dtype)),
-        )  # fmt: skip
-        lse2 = _merge_lse2(stats)
-        pw_t, mass_t = _targets_times_prototypes(flat_targets, prototypes, cfg["targets"])
+        n_teacher = weights.shape[1]
+        n_images = tb // n_teacher
+        lse2 = _row_lse2(features, prototypes, _LOG2E / student_temp, None, cfg["lse"])
+        pw_t, mass_t = _targets_times_prototypes(tgt, tb, prototypes, cfg["targets"])
         # row (crop c, image b): its target is sum_t weights[c, t] * targets[t, b]
         pw = torch.einsum("ct,tbd->cbd", weights, pw_t.view(n_teacher, n_images, d))
         pw = pw.reshape(rows, d)
         mass = (weights @ mass_t.view(n_teacher, n_images)).reshape(rows)
         dot = torch.linalg.vecdot(features.float(), pw) / student_temp
         loss = mass * (lse2 * _LN2) - dot
-        ctx.save_for_backward(features, prototypes, flat_targets, weights, lse2, mass, pw)
+        ctx.save_for_backward(features, prototypes, weights, lse2, mass, pw)
         ctx.student_temp = student_temp
         ctx.cfg = cfg
+        ctx.tgt = tgt
+        ctx.tb = tb
         return loss
 
     @staticmethod
@@ -548,7 +608,7 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_loss):  # type: ignore[no-untyped-def]
-        features, prototypes, flat_targets, weights, lse2, mass, pw = ctx.saved_tensors
+        features, prototypes, weights, lse2, mass, pw = ctx.saved_tensors
         rows, d = features.shape
         k = prototypes.shape[0]
         inv_t = 1.0 / ctx.student_temp
@@ -570,8 +630,7 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
             grad_f = partial.sum(dim=0).sub_(row_scale[:, None] * pw).to(features.dtype)
         if ctx.needs_input_grad[1]:
             cfg = ctx.cfg["prototypes"]
-            n_teacher = weights.shape[1]
-            n_images = flat_targets.shape[0] // n_teacher
+            n_images = ctx.tb // weights.shape[1]
             # X_t = sum_c weights[c, t] * row_scale f (crop c): grad_W's target part is P^T X
             rf = (row_scale[:, None] * features.float()).view(-1, n_images, d)
             x = torch.einsum("ct,cbd->tbd", weights, rf).reshape(-1, d)
@@ -580,38 +639,44 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
             x_lo = (x - x_hi.float()).to(features.dtype) if split else x_hi
             grad_w = torch.empty_like(prototypes)
             _launch(_ce_bwd_prototypes_kernel, (triton.cdiv(k, cfg["BLOCK_K"]),),
-                features, prototypes, lse2, soft_scale, flat_targets, x_hi, x_lo, grad_w,
-                rows, k, d, flat_targets.shape[0],
-                features.stride(0), prototypes.stride(0), flat_targets.stride(0),
-                grad_w.stride(0), scale2,
+                F=features, W=prototypes, LSE2=lse2, SoftScale=soft_scale, XHi=x_hi, XLo=x_lo,
+                GradW=grad_w, B=rows, K=k, D=d, TB=ctx.tb, stride_fb=features.stride(0),
+                stride_wk=prototypes.stride(0), stride_gk=grad_w.stride(0), scale2=scale2,
+                **ctx.tgt,
                 **_options(cfg, d, BLOCK_T=_BLOCK_T, SPLIT=split, PRECISION=precision),
             )  # fmt: skip
-        return grad_f, grad_w, None, None, None, None
+        return grad_f, grad_w, None, None, None, None, None
 
 
 def prototype_cross_entropy(
     features: Tensor,
-    targets: Tensor,
+    targets: Tensor | PrototypeTargets,
     prototypes: Tensor,
     student_temp: float,
     crop_weights: Tensor | None = None,
     block_b: int | None = None,
     block_k: int | None = None,
 ) -> Tensor:
-    """Fused projection + soft cross-entropy; ``targets`` ``[T, B_t, K]``, ``crop_weights``
-    ``[B / B_t, T]`` (fp32, default ones) as :func:`medssl.losses.prototype_cross_entropy`
-    validates them. ``block_b``/``block_k`` override the tiles of ``_HEAD_CONFIGS``."""
+    """Fused projection + soft cross-entropy; ``targets`` ``[T, B_t, K]`` or lazy
+    :class:`PrototypeTargets` (never materialised), ``crop_weights`` ``[B / B_t, T]``
+    (fp32, default ones) as :func:`medssl.losses.prototype_cross_entropy` validates them.
+    ``block_b``/``block_k`` override the tiles of ``_HEAD_CONFIGS``."""
     _check_dtype("prototype_cross_entropy", features, prototypes)
     features = _contiguous_rows(features)
     prototypes = _contiguous_rows(prototypes)
-    targets = targets.float() if targets.dtype != torch.float32 else targets
-    targets = targets.contiguous()
-    if crop_weights is None:
-        crop_weights = torch.ones(features.shape[0] // targets.shape[1], targets.shape[0])
-    weights = crop_weights.to(device=features.device, dtype=torch.float32).contiguous()
     cfg = _head_config(features.dtype, block_b, block_k)
+    if isinstance(targets, PrototypeTargets):
+        n_teacher, tb = max(targets.groups, 1), targets.rows
+        tgt = _lazy_target_args(targets, features.dtype, cfg)
+    else:
+        n_teacher, tb = targets.shape[0], targets.shape[0] * targets.shape[1]
+        flat = targets.float() if targets.dtype != torch.float32 else targets
+        tgt = _dense_target_args(flat.contiguous().reshape(tb, -1))
+    if crop_weights is None:
+        crop_weights = torch.ones(features.shape[0] // (tb // n_teacher), n_teacher)
+    weights = crop_weights.to(device=features.device, dtype=torch.float32).contiguous()
     return _TritonPrototypeCrossEntropy.apply(
-        features, prototypes, targets, weights, float(student_temp), cfg
+        features, prototypes, weights, float(student_temp), cfg, tgt, tb
     )
 
 

@@ -7,6 +7,7 @@ Small shapes with small tiles, so loops, masks and ragged edges are all exercise
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -163,15 +164,38 @@ def test_launch_falls_back_to_one_stage_once(caplog) -> None:
     assert calls == [1]
 
 
-def test_lazy_targets_through_the_triton_head() -> None:
-    """PrototypeTargets are materialised for the Triton head: same loss and grads as torch."""
-    f64, w64, t64 = _head(12, 16, 130)
-    lazy = prototype_targets(t64.float()[:6], w64.float(), 0.04, centering="sinkhorn_knopp",
-                             lazy=True)  # fmt: skip
-    out = {}
-    for impl in ("triton", "torch"):
-        f, w = f64.float().requires_grad_(), w64.float().requires_grad_()
-        loss = prototype_cross_entropy(f, lazy, w, 0.1, impl=impl)
-        out[impl] = (loss, *torch.autograd.grad(loss.sum(), (f, w)))
-    for a, b in zip(out["triton"], out["torch"], strict=True):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
+@pytest.mark.parametrize(
+    ("centering", "dtype"),
+    [("sinkhorn_knopp", torch.float32), ("softmax_center", torch.float32),
+     ("none", torch.bfloat16), ("softmax_center", torch.bfloat16)],
+)  # fmt: skip
+def test_lazy_targets_through_the_triton_head(centering, dtype) -> None:
+    """PrototypeTargets computed tile by tile inside the Triton kernels (two teacher
+    crops, DINO pairing): same loss and grads as the torch path on the same targets."""
+    f64, w64, t64 = _head(15, 16, 130)
+    center = torch.rand(130, generator=torch.Generator().manual_seed(3)) * 0.2
+    lazy = prototype_targets(
+        t64[:10].to(dtype), w64.to(dtype), 0.04, centering=centering, lazy=True,
+        center=center if centering == "softmax_center" else None,
+    ).view(2, 5, -1)  # fmt: skip
+    cw = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    f, w = f64.to(dtype).requires_grad_(), w64.to(dtype).requires_grad_()
+    loss = prototype_cross_entropy(f, lazy, w, 0.1, impl="triton", crop_weights=cw)
+    got = (loss, *torch.autograd.grad(loss.sum(), (f, w)))
+    # reference: the same targets in float64 from the same (rounded) inputs and shifts
+    exact = dataclasses.replace(
+        lazy, features=lazy.features.double(), prototypes=lazy.prototypes.double(),
+        col_shift=None if lazy.col_shift is None else lazy.col_shift.double(),
+        row_shift=None if lazy.row_shift is None else lazy.row_shift.double(),
+    )  # fmt: skip
+    fr, wr = f.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref_loss = prototype_cross_entropy(fr, exact.materialize(), wr, 0.1, impl="torch",
+                                       crop_weights=cw)  # fmt: skip
+    want = (ref_loss, *torch.autograd.grad(ref_loss.sum(), (fr, wr)))
+    # fp32: fp32 arithmetic; bf16: fp32 arithmetic on bf16 operands, then the gradients
+    # rounded to bf16 (2^-8 relative) and the gradient tiles cast to bf16 for the products
+    # (the same bounds as TOL above for the dense targets)
+    loss_tol, grad_tol = TOL[dtype]
+    for a, b, tol in zip(got, want, (loss_tol, grad_tol, grad_tol), strict=True):
+        assert a.dtype == (torch.float32 if a is got[0] else dtype)
+        torch.testing.assert_close(a.double(), b, atol=tol, rtol=0)
