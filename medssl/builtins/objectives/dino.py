@@ -102,12 +102,11 @@ class _SelfDistillation(ConfiguredObjective):
     ) -> tuple[Tensor, Tensor]:
         """Teacher probabilities of ``tokens`` (centred) and the teacher head's features."""
         feats = teacher_head.features(tokens)
-        protos = teacher_head.prototypes
-        mm_protos = _matmul_prototypes(teacher_head, feats)
+        protos = _matmul_prototypes(teacher_head, feats)
         o = self.options
         probs = prototype_targets(
-            feats.to(mm_protos.dtype),
-            mm_protos,
+            feats.to(protos.dtype),
+            protos,
             temp,
             centering=CENTERING_IMPL[o.centering],
             center=self.center if o.centering == "mean" else None,
@@ -115,16 +114,19 @@ class _SelfDistillation(ConfiguredObjective):
             impl=o.impl,
         )
         if o.centering == "mean":
-            self._update_center(feats, protos)
+            self._update_center(feats, teacher_head.last_layer.weight)
         return probs, feats
 
     @torch.no_grad()
-    def _update_center(self, feats: Tensor, protos: Tensor) -> None:
+    def _update_center(self, feats: Tensor, weight: Tensor) -> None:
         # The mean of the logits is the mean feature times the prototypes: no [B, K] matrix.
+        # From the raw last-layer weight, rows scaled by 1 / max(|w_k|, eps) afterwards: in
+        # full precision even under autocast, with no normalised copy of the prototypes.
         acc = torch.promote_types(feats.dtype, torch.float32)  # fp64 stays fp64 (reference tests)
-        # In acc (autocast off): a matrix-vector product, and no bf16 copy of the prototypes.
         with torch.autocast(feats.device.type, enabled=False):
-            batch_center = feats.to(acc).mean(dim=0, keepdim=True) @ protos.to(acc).T
+            weight = weight.to(acc)
+            norms = torch.linalg.vector_norm(weight, dim=1).clamp_min(1e-12)
+            batch_center = (feats.to(acc).mean(dim=0, keepdim=True) @ weight.T) / norms
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(batch_center)
             batch_center /= dist.get_world_size()

@@ -29,38 +29,48 @@ _EPS = 1e-12  # F.normalize's default, which the head has always used
 
 
 class _NormalizeRows(torch.autograd.Function):
-    """``v / max(|v|, eps)`` row-wise, as ``F.normalize(v, dim=1)``, with a fused backward.
+    """``v / max(|v|, eps)`` row-wise, as ``F.normalize(v, dim=1)``, with a fused backward,
+    optionally written straight in a lower ``dtype`` (the normalise-then-cast of autocast).
 
     Autograd's backward of ``F.normalize`` differentiates a broadcast division (quotient
     and divisor terms, a reduction over the broadcast) in about six passes over the matrix
     and as many fresh ``[K, D]`` tensors; the closed form ``(g - w <g, w>) / |v|`` (``w``
-    the output) takes three passes and allocates only the result.
+    the output) takes three passes and allocates only the result. With a lower output
+    dtype, the full-precision normalised matrix never exists: the backward uses ``v``
+    itself (``w <g, w> = v <g, v> / |v|^2``) and works in place in the gradient's upcast.
     """
 
     @staticmethod
-    def forward(ctx, v: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, v: Tensor, dtype: torch.dtype) -> Tensor:  # type: ignore[override]
         norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
         denom = norm.clamp_min(_EPS)
-        w = v / denom
-        ctx.save_for_backward(w, denom, norm >= _EPS)
+        w = torch.empty(v.shape, dtype=dtype, device=v.device)
+        torch.div(v, denom, out=w)  # computed in v's dtype, rounded once on the store
+        ctx.same_dtype = dtype == v.dtype
+        ctx.save_for_backward(w if ctx.same_dtype else v, denom, norm >= _EPS)
         return w
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        w, denom, unclamped = ctx.saved_tensors
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        w_or_v, denom, unclamped = ctx.saved_tensors
+        if not ctx.same_dtype:
+            grad = grad.to(w_or_v.dtype)  # a new tensor of this function's own: in place
         # Row dot products as a batch of 1 x D @ D x 1 products: no [K, D] temporary (a
         # fresh 64 MiB tensor costs more in page faults than its arithmetic on the CPU).
-        dot = torch.bmm(grad.unsqueeze(1), w.unsqueeze(2)).squeeze(2)
+        dot = torch.bmm(grad.unsqueeze(1), w_or_v.unsqueeze(2)).squeeze(2)
         # Rows whose norm was clamped to eps were divided by a constant: no projection.
         dot = dot * unclamped
-        return torch.addcmul(grad, w, dot, value=-1).div_(denom)
+        if ctx.same_dtype:
+            return torch.addcmul(grad, w_or_v, dot, value=-1).div_(denom), None
+        return grad.addcmul_(w_or_v, dot / denom.square(), value=-1).div_(denom), None
 
 
-def normalize_rows(v: Tensor) -> Tensor:
-    """L2-normalise the rows of a 2-D ``v`` (``F.normalize(v, dim=1)``, cheaper backward)."""
+def normalize_rows(v: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """L2-normalise the rows of a 2-D ``v`` (``F.normalize(v, dim=1)``, cheaper backward),
+    in ``dtype`` (default ``v``'s; the same values as normalising then casting)."""
     if v.dim() != 2:
         raise ValueError(f"normalize_rows: expected a 2-D tensor, got shape {tuple(v.shape)}")
-    return _NormalizeRows.apply(v)
+    return _NormalizeRows.apply(v, dtype or v.dtype)
 
 
 class DINOHead(nn.Module):
@@ -128,19 +138,22 @@ class DINOHead(nn.Module):
         return cached
 
     def prototypes_as(self, dtype: torch.dtype) -> Tensor:
-        """:attr:`prototypes` in ``dtype`` (the autocast dtype of the head's matmuls).
+        """:attr:`prototypes` in ``dtype`` (the autocast dtype of the head's matmuls),
+        normalised straight into it (no full-precision copy is kept alive).
 
-        Inside :meth:`step_cache` the cast is cached too, as autocast caches the casts of
-        leaf weights: DINO and iBOT share one bf16 copy per head and step, and the
-        gradients of their uses add up in that copy before one cast back.
+        Inside :meth:`step_cache` it is cached too, as autocast caches the casts of leaf
+        weights: DINO and iBOT share one bf16 copy per head and step, and the gradients of
+        their uses add up in that copy before one backward.
         """
-        protos = self.prototypes
-        if protos.dtype == dtype or not self._caching:
-            return protos.to(dtype)
+        weight = self.last_layer.weight
+        if dtype == weight.dtype:
+            return self.prototypes
+        if not self._caching:
+            return normalize_rows(weight, dtype)
         key = (torch.is_grad_enabled(), dtype)
         cached = self._cached.get(key)
         if cached is None:
-            cached = self._cached[key] = protos.to(dtype)
+            cached = self._cached[key] = normalize_rows(weight, dtype)
         return cached
 
     @contextmanager

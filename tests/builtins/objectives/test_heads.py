@@ -131,6 +131,21 @@ def test_normalize_rows_matches_f_normalize_and_its_gradient() -> None:
         normalize_rows(torch.randn(2, 3, 4))
 
 
+def test_normalize_rows_into_bf16_equals_normalise_then_cast() -> None:
+    v = torch.randn(40, 8, requires_grad=True)
+    with torch.no_grad():
+        v[5] = 0.0
+    grad = torch.randn(40, 8).to(torch.bfloat16)
+    ours = normalize_rows(v, torch.bfloat16)
+    expected = F.normalize(v, dim=1).to(torch.bfloat16)
+    assert ours.dtype == torch.bfloat16
+    assert torch.equal(ours, expected)
+    (g_ours,) = torch.autograd.grad(ours, v, grad)
+    (g_expected,) = torch.autograd.grad(expected, v, grad)
+    assert g_ours.dtype == torch.float32
+    torch.testing.assert_close(g_ours, g_expected, rtol=1e-5, atol=1e-5)
+
+
 def test_step_cache_normalises_once_and_sums_the_gradients() -> None:
     head = DINOHead(EMBED, prototypes=K, hidden_dim=HIDDEN, bottleneck_dim=BOTTLENECK)
     a, b = torch.randn(K, BOTTLENECK), torch.randn(K, BOTTLENECK)
