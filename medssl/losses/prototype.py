@@ -176,6 +176,24 @@ def _finish_lse(
     return lse
 
 
+def _student_lse(features: Tensor, prototypes: Tensor, inv_t: float, chunk: int) -> Tensor:
+    """Row log-sum-exp of ``features @ prototypes.T * inv_t``, tile by tile: the logits of
+    row b shifted by the Cauchy-Schwarz bound (no max pass), loose rows redone exactly."""
+    rows, k = features.shape[0], prototypes.shape[0]
+    acc = {"dtype": acc_dtype(features), "device": features.device}
+    f_in, scale = _scaled_features(features, inv_t)
+    bound = _logit_bound(features, prototypes, inv_t)
+    neg_bound = (-bound)[:, None]
+    s_buf = _tile_buffer(rows, chunk, **acc)
+    run_sum = torch.zeros(rows, **acc)
+    for k0 in range(0, k, chunk):
+        w = prototypes[k0 : k0 + chunk]
+        s = _logits_into(_tile(s_buf, rows, w.shape[0]), f_in, w, scale, neg_bound)
+        run_sum.add_(s.exp_().sum(dim=1))
+    del s_buf
+    return _finish_lse(bound, run_sum, f_in, scale, prototypes, chunk)
+
+
 def _softmax_grad_into(
     out: Tensor, f_in: Tensor, w: Tensor, scale: float | None, neg_lse: Tensor,
     softmax_scale: Tensor,
@@ -214,21 +232,11 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         student_temp: float,
         chunk: int,
     ) -> Tensor:
-        rows, k = features.shape[0], prototypes.shape[0]
+        rows = features.shape[0]
         n_crops, n_targets = weights.shape[0], targets.shape[1]
         inv_t = 1.0 / student_temp
         acc = {"dtype": acc_dtype(features), "device": features.device}
-        f_in, scale = _scaled_features(features, inv_t)
-        bound = _logit_bound(features, prototypes, inv_t)
-        neg_bound = (-bound)[:, None]
-        s_buf = _tile_buffer(rows, chunk, **acc)
-        run_sum = torch.zeros(rows, **acc)
-        for k0 in range(0, k, chunk):
-            w = prototypes[k0 : k0 + chunk]
-            s = _logits_into(_tile(s_buf, rows, w.shape[0]), f_in, w, scale, neg_bound)
-            run_sum.add_(s.exp_().sum(dim=1))
-        del s_buf
-        lse = _finish_lse(bound, run_sum, f_in, scale, prototypes, chunk)
+        lse = _student_lse(features, prototypes, inv_t, chunk)
         # per row: p W (its target mixed over teacher crops) and the target mass
         w_acc = weights.to(acc["dtype"])
         pw = torch.einsum(
@@ -298,6 +306,38 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         )
 
 
+def _stream_targets(targets: PrototypeTargets, prototypes: Tensor) -> tuple[Tensor, ...]:
+    """One pass over lazy targets in teacher-sized tiles: ``P W`` ``[B_t, D]``, the row
+    masses and the row shift that gives the probabilities (softmax rows: minus the row
+    log-sum-exp, found with a running max as the tiles stream)."""
+    t_rows, k = targets.rows, prototypes.shape[0]
+    acc = {"dtype": targets.dtype, "device": targets.device}
+    t_chunk = default_chunk_size(t_rows, k)
+    t_buf = _tile_buffer(t_rows, t_chunk, **acc)
+    normalise = targets.row_shift is None
+    pw_t = torch.zeros(t_rows, prototypes.shape[1], **acc)
+    t_max = torch.full((t_rows,), -torch.inf, **acc)
+    t_sum = torch.zeros(t_rows, **acc)
+    for k0 in range(0, k, t_chunk):
+        w = prototypes[k0 : k0 + t_chunk]
+        p = targets.logits_into(_tile(t_buf, t_rows, w.shape[0]), k0, k0 + w.shape[0])
+        if normalise:  # running max: rescale what was summed so far
+            new_max = torch.maximum(t_max, p.amax(dim=1))
+            rescale = torch.exp(t_max - new_max)
+            pw_t.mul_(rescale[:, None])
+            t_sum.mul_(rescale)
+            p.sub_(new_max[:, None])
+            t_max = new_max
+        else:
+            p.add_(targets.row_shift[:, None])
+        p.exp_()
+        t_sum.add_(p.sum(dim=1))
+        pw_t.addmm_(p, w.to(acc["dtype"]))
+    if not normalise:
+        return pw_t, t_sum, targets.row_shift
+    return pw_t.div_(t_sum[:, None]), torch.ones(t_rows, **acc), -(t_max + t_sum.log())
+
+
 class _LazyTargetsCrossEntropy(torch.autograd.Function):
     """Chunked torch path against :class:`PrototypeTargets`: the teacher tile of each
     chunk of prototypes is recomputed from the teacher features where it is needed (the
@@ -315,47 +355,12 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
         chunk: int,
         targets: PrototypeTargets,
     ) -> Tensor:
-        rows, k = features.shape[0], prototypes.shape[0]
+        rows = features.shape[0]
         n_teacher, t_rows = weights.shape[1], targets.rows
         inv_t = 1.0 / student_temp
         acc = {"dtype": acc_dtype(features), "device": features.device}
-        f_in, scale = _scaled_features(features, inv_t)
-        bound = _logit_bound(features, prototypes, inv_t)
-        neg_bound = (-bound)[:, None]
-        s_buf = _tile_buffer(rows, chunk, **acc)
-        t_buf = _tile_buffer(t_rows, chunk, **acc)
-        run_sum = torch.zeros(rows, **acc)
-        normalise = targets.row_shift is None
-        pw_t = torch.zeros(t_rows, features.shape[1], **acc)
-        t_max = torch.full((t_rows,), -torch.inf, **acc)
-        t_sum = torch.zeros(t_rows, **acc)
-        for k0 in range(0, k, chunk):
-            w = prototypes[k0 : k0 + chunk]
-            c = w.shape[0]
-            s = _logits_into(_tile(s_buf, rows, c), f_in, w, scale, neg_bound)
-            run_sum.add_(s.exp_().sum(dim=1))
-            p = targets.logits_into(_tile(t_buf, t_rows, c), k0, k0 + c)
-            if normalise:  # running max: rescale what was summed so far
-                new_max = torch.maximum(t_max, p.amax(dim=1))
-                rescale = torch.exp(t_max - new_max)
-                pw_t.mul_(rescale[:, None])
-                t_sum.mul_(rescale)
-                p.sub_(new_max[:, None])
-                t_max = new_max
-            else:
-                p.add_(targets.row_shift[:, None])
-            p.exp_()
-            t_sum.add_(p.sum(dim=1))
-            pw_t.addmm_(p, w.to(acc["dtype"]))
-        del s_buf, t_buf
-        lse = _finish_lse(bound, run_sum, f_in, scale, prototypes, chunk)
-        if normalise:
-            pw_t.div_(t_sum[:, None])
-            t_shift = -(t_max + t_sum.log())  # row shift that makes each row sum to 1
-            mass_t = torch.ones(t_rows, **acc)
-        else:
-            t_shift = targets.row_shift
-            mass_t = t_sum
+        lse = _student_lse(features, prototypes, inv_t, chunk)
+        pw_t, mass_t, t_shift = _stream_targets(targets, prototypes)
         w_acc = weights.to(acc["dtype"])
         n_images = t_rows // n_teacher
         pw = torch.einsum("ct,tbd->cbd", w_acc, pw_t.view(n_teacher, n_images, -1))
@@ -395,7 +400,8 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
         x = torch.einsum("ct,cbd->tbd", weights.to(acc["dtype"]), rf).reshape(t_rows, -1)
         fast = _fast_path(features, prototypes)
         g_buf = _tile_buffer(rows, chunk, **acc)
-        t_buf = _tile_buffer(t_rows, chunk, **acc)
+        # low precision: the target part is subtracted per tile in fp32, before rounding
+        t_buf = None if fast else _tile_buffer(t_rows, chunk, **acc)
         grad_f = torch.zeros(features.shape, **acc) if need_f else None
         grad_w = torch.empty_like(prototypes) if need_w else None
         for k0 in range(0, k, chunk):
@@ -405,16 +411,21 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
             g_in = g if fast else g.to(features.dtype)
             if grad_f is not None:
                 grad_f.addmm_(g_in, w) if fast else grad_f.add_(g_in @ w)
-            if grad_w is not None:
+            if grad_w is not None and fast:
+                torch.mm(g.T, features, out=grad_w[k0 : k0 + c])
+            elif grad_w is not None:
                 p = targets.logits_into(_tile(t_buf, t_rows, c), k0, k0 + c)
-                p.add_(t_shift[:, None]).exp_()
-                if fast:
-                    tile = torch.mm(g.T, features, out=grad_w[k0 : k0 + c])
-                    tile.addmm_(p.T, x, alpha=-1)
-                else:
-                    tile = torch.mm(g.T, features_acc)
-                    tile.addmm_(p.T, x, alpha=-1)
-                    grad_w[k0 : k0 + c] = tile
+                tile = torch.mm(g.T, features_acc)
+                tile.addmm_(p.add_(t_shift[:, None]).exp_().T, x, alpha=-1)
+                grad_w[k0 : k0 + c] = tile
+        del g_buf
+        if grad_w is not None and fast:  # the target part over larger teacher tiles
+            t_chunk = default_chunk_size(t_rows, k)
+            t_buf = _tile_buffer(t_rows, t_chunk, **acc)
+            for k0 in range(0, k, t_chunk):
+                c = min(t_chunk, k - k0)
+                p = targets.logits_into(_tile(t_buf, t_rows, c), k0, k0 + c)
+                grad_w[k0 : k0 + c].addmm_(p.add_(t_shift[:, None]).exp_().T, x, alpha=-1)
         if grad_f is not None:
             grad_f.sub_(row_scale[:, None] * pw)
         return (
