@@ -57,7 +57,7 @@ def eval_command(
     Evaluators come from the run's config.yaml (or --recipe), overridable as KEY=VALUE,
     e.g. eval.0.features=cls+mean_patch; every score is printed with its floors.
     """
-    from medssl.config import _validate_block
+    from medssl.config import validate_block
     from medssl.eval import markdown_table, run_evaluators
     from medssl.eval.base import EvalResult, Row
 
@@ -73,7 +73,7 @@ def eval_command(
     if names:
         try:
             specs = [
-                _validate_block(
+                validate_block(
                     registry, "evaluator", {"name": n}, f"--evaluator {n}", "command line"
                 )
                 for n in names

@@ -37,6 +37,7 @@ __all__ = [
     "load_recipe",
     "resolve_recipe",
     "build_component",
+    "validate_block",
 ]
 
 
@@ -253,9 +254,12 @@ def _pydantic_error(
     return RecipeError("; ".join(lines), source, first_key)
 
 
-def _validate_block(
+def validate_block(
     registry: Registry, kind: str, block: Any, key: str, source: str, *, weighted: bool = False
 ) -> ComponentSpec:
+    """One component block (``{name: ..., <options>}``) checked against the ``kind``
+    registered under its name: its ``Options`` validated, errors raised as
+    :class:`RecipeError` naming ``source`` and the key path ``key``."""
     if not isinstance(block, dict):
         raise RecipeError(f"expected a mapping with a 'name' key, got {block!r}", source, key)
     block = dict(block)
@@ -299,25 +303,23 @@ def resolve_recipe(config: dict[str, Any], registry: Registry, source: str) -> R
     for key, block in recipe.objectives.items():
         block = {"name": key, **(block or {})}
         objectives.append(
-            _validate_block(
-                registry, "objective", block, f"objectives.{key}", source, weighted=True
-            )
+            validate_block(registry, "objective", block, f"objectives.{key}", source, weighted=True)
         )
     if not any(spec.weight for spec in objectives):
         raise RecipeError("every objective has weight 0: nothing to train", source, "objectives")
     evaluators = [
-        _validate_block(registry, "evaluator", block, f"eval.{i}", source)
+        validate_block(registry, "evaluator", block, f"eval.{i}", source)
         for i, block in enumerate(recipe.eval)
     ]
     return ResolvedRecipe(
         config=config,
         recipe=recipe,
         source=source,
-        data=_validate_block(registry, "dataset", recipe.data, "data", source),
-        augmentation=_validate_block(
+        data=validate_block(registry, "dataset", recipe.data, "data", source),
+        augmentation=validate_block(
             registry, "augmentation", recipe.augmentation, "augmentation", source
         ),
-        backbone=_validate_block(registry, "backbone", recipe.backbone, "backbone", source),
+        backbone=validate_block(registry, "backbone", recipe.backbone, "backbone", source),
         objectives=objectives,
         evaluators=evaluators,
     )
