@@ -114,19 +114,23 @@ class _SelfDistillation(ConfiguredObjective):
             impl=o.impl,
         )
         if o.centering == "mean":
-            self._update_center(feats, teacher_head.last_layer.weight)
+            self._update_center(feats, protos, teacher_head.last_layer.weight)
         return probs, feats
 
     @torch.no_grad()
-    def _update_center(self, feats: Tensor, weight: Tensor) -> None:
+    def _update_center(self, feats: Tensor, protos: Tensor, weight: Tensor) -> None:
         # The mean of the logits is the mean feature times the prototypes: no [B, K] matrix.
-        # From the raw last-layer weight, rows scaled by 1 / max(|w_k|, eps) afterwards: in
-        # full precision even under autocast, with no normalised copy of the prototypes.
         acc = torch.promote_types(feats.dtype, torch.float32)  # fp64 stays fp64 (reference tests)
         with torch.autocast(feats.device.type, enabled=False):
-            weight = weight.to(acc)
-            norms = torch.linalg.vector_norm(weight, dim=1).clamp_min(1e-12)
-            batch_center = (feats.to(acc).mean(dim=0, keepdim=True) @ weight.T) / norms
+            mean = feats.to(acc).mean(dim=0, keepdim=True)
+            if protos.dtype == acc:
+                batch_center = mean @ protos.T
+            else:
+                # Low-precision prototypes (autocast): from the raw weight, rows scaled by
+                # 1 / max(|w_k|, eps) afterwards -- full precision, no full-precision copy.
+                weight = weight.to(acc)
+                norms = torch.linalg.vector_norm(weight, dim=1).clamp_min(1e-12)
+                batch_center = (mean @ weight.T) / norms
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(batch_center)
             batch_center /= dist.get_world_size()

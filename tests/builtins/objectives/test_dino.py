@@ -208,3 +208,20 @@ def test_bad_options_fail_validation() -> None:
         DINO(centering="softmax")
     with pytest.raises(ValidationError, match="student_temp"):
         DINO(student_temp=0)
+
+
+def test_centre_under_bf16_autocast_is_computed_in_fp32() -> None:
+    """Under autocast the teacher's prototypes are bf16; the centre comes from the raw
+    weight in fp32: the fp32 mean logits of the (autocast) features, to fp32 rounding --
+    far tighter than a bf16 matmul would give (2^-8 relative)."""
+    obj = build("mean")
+    step = hand_made_step(4, 2, 2, dtype=torch.float32)
+    teacher = obj.teacher_head
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats = teacher.features(step.teacher_global.cls).float()
+        expected = (1 - MOMENTUM) * (feats.mean(dim=0, keepdim=True) @ teacher.prototypes.T)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        obj.loss(step)
+    assert obj.center.dtype == torch.float32
+    torch.testing.assert_close(obj.center, expected, rtol=1e-5, atol=1e-6)
