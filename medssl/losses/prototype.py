@@ -17,6 +17,8 @@ Cross-Entropy, here with soft targets), and the backward pass recomputes each ti
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -93,19 +95,28 @@ def _tile(buffer: Tensor, rows: int, cols: int) -> Tensor:
 
 
 def _logits_into(
-    out: Tensor, features: Tensor, w: Tensor, scale: float | None, neg_shift: Tensor
+    out: Tensor, features: Tensor, w: Tensor, scale: float | None, neg_shift: Tensor | None
 ) -> Tensor:
-    """``out = features @ w.T (* scale) + neg_shift`` (``neg_shift`` ``[rows, 1]``).
+    """``out = features @ w.T (* scale) (+ neg_shift)`` (``neg_shift`` ``[rows, 1]``).
 
-    ``scale=None`` when the features are pre-scaled; then it is one ``addmm`` (the shift
-    rides on the matmul's output write instead of costing a pass over the tile).
+    ``scale=None`` when the features are pre-scaled; then it is one ``mm``/``addmm`` (the
+    shift rides on the matmul's output write instead of costing a pass over the tile).
     """
     if features.dtype == out.dtype and scale is None:
+        if neg_shift is None:
+            return torch.mm(features, w.T, out=out)
         return torch.addmm(neg_shift, features, w.T, out=out)
     out.copy_(features @ w.T)  # low-precision matmul, softmax arithmetic in acc_dtype
     if scale is not None:
         out.mul_(scale)
-    return out.add_(neg_shift)
+    return out if neg_shift is None else out.add_(neg_shift)
+
+
+# exp() of logits up to this (plus log K for the sum over prototypes) stays finite in fp32
+# (exp(88) overflows): below it the tiles need no shift at all, which saves the pass
+# that writing the shift into the tile costs. The L2-normalised DINO head at tau = 0.1
+# has logits within +-10.
+_UNSHIFTED_LIMIT = 80.0
 
 
 def _scaled_features(features: Tensor, inv_t: float) -> tuple[Tensor, float | None]:
@@ -176,14 +187,21 @@ def _finish_lse(
     return lse
 
 
-def _student_lse(features: Tensor, prototypes: Tensor, inv_t: float, chunk: int) -> Tensor:
-    """Row log-sum-exp of ``features @ prototypes.T * inv_t``, tile by tile: the logits of
-    row b shifted by the Cauchy-Schwarz bound (no max pass), loose rows redone exactly."""
+def _student_lse(
+    features: Tensor, prototypes: Tensor, inv_t: float, chunk: int
+) -> tuple[Tensor, bool]:
+    """Row log-sum-exp of ``features @ prototypes.T * inv_t``, tile by tile, and whether
+    the logits were small enough to need no shift. Else each row's logits are shifted by
+    their Cauchy-Schwarz bound (no max pass); rows whose sum could have underflowed are
+    redone with a running max."""
     rows, k = features.shape[0], prototypes.shape[0]
     acc = {"dtype": acc_dtype(features), "device": features.device}
     f_in, scale = _scaled_features(features, inv_t)
     bound = _logit_bound(features, prototypes, inv_t)
-    neg_bound = (-bound)[:, None]
+    unshifted = float(bound.max()) + math.log(k) < _UNSHIFTED_LIMIT
+    if unshifted:
+        bound.zero_()
+    neg_bound = None if unshifted else (-bound)[:, None]
     s_buf = _tile_buffer(rows, chunk, **acc)
     run_sum = torch.zeros(rows, **acc)
     for k0 in range(0, k, chunk):
@@ -191,15 +209,27 @@ def _student_lse(features: Tensor, prototypes: Tensor, inv_t: float, chunk: int)
         s = _logits_into(_tile(s_buf, rows, w.shape[0]), f_in, w, scale, neg_bound)
         run_sum.add_(s.exp_().sum(dim=1))
     del s_buf
-    return _finish_lse(bound, run_sum, f_in, scale, prototypes, chunk)
+    return _finish_lse(bound, run_sum, f_in, scale, prototypes, chunk), unshifted
+
+
+def _grad_shift(
+    lse: Tensor, softmax_scale: Tensor, unshifted: bool
+) -> tuple[Tensor | None, Tensor]:
+    """``(shift, factor)`` with ``softmax_scale * exp(s - lse) = factor * exp(s + shift)``:
+    no shift (one pass less per tile) where the forward needed none and no row's
+    log-sum-exp is so low that terms exp(s) dropping to 0 would matter (below exp(-60)
+    of the row's mass); else the shift -lse."""
+    if unshifted and float(lse.min()) > -60.0:
+        return None, softmax_scale * torch.exp(-lse)[:, None]
+    return (-lse)[:, None], softmax_scale
 
 
 def _softmax_grad_into(
-    out: Tensor, f_in: Tensor, w: Tensor, scale: float | None, neg_lse: Tensor,
-    softmax_scale: Tensor,
+    out: Tensor, f_in: Tensor, w: Tensor, scale: float | None, shift: Tensor | None,
+    factor: Tensor,
 ) -> Tensor:  # fmt: skip
-    """The softmax part of dL/dz for a tile: ``softmax_scale * exp(s - lse)``."""
-    return _logits_into(out, f_in, w, scale, neg_lse).exp_().mul_(softmax_scale)
+    """The softmax part of dL/dz for a tile: ``factor * exp(s + shift)`` (see _grad_shift)."""
+    return _logits_into(out, f_in, w, scale, shift).exp_().mul_(factor)
 
 
 def _without_autocast(backward, ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
@@ -236,7 +266,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         n_crops, n_targets = weights.shape[0], targets.shape[1]
         inv_t = 1.0 / student_temp
         acc = {"dtype": acc_dtype(features), "device": features.device}
-        lse = _student_lse(features, prototypes, inv_t, chunk)
+        lse, unshifted = _student_lse(features, prototypes, inv_t, chunk)
         # per row: p W (its target mixed over teacher crops) and the target mass
         w_acc = weights.to(acc["dtype"])
         pw = torch.einsum(
@@ -248,6 +278,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(features, prototypes, targets, weights, lse, mass, pw)
         ctx.student_temp = student_temp
         ctx.chunk = chunk
+        ctx.unshifted = unshifted
         ctx.shape = (n_crops, n_targets)
         return mass * lse - dot
 
@@ -270,8 +301,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         # dL/dz_bk = r_b (P_b softmax_bk - p_bk), r_b = g_b / tau, z = f W^T. The p part:
         # grad_f -= r p W;  grad_W -= sum_t targets[t]^T x_t, x_t = sum_c weights[c, t] r f
         row_scale = grad_loss.to(lse.dtype) * inv_t
-        softmax_scale = (mass * row_scale)[:, None]
-        neg_lse = (-lse)[:, None]
+        shift, factor = _grad_shift(lse, (mass * row_scale)[:, None], ctx.unshifted)
         rf = (row_scale[:, None] * features.to(acc["dtype"])).view(n_crops, n_targets, -1)
         x = torch.einsum("ct,cbd->tbd", weights.to(acc["dtype"]), rf)
         fast = _fast_path(features, prototypes, targets)
@@ -280,8 +310,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         grad_w = torch.empty_like(prototypes) if need_w else None
         for k0 in range(0, k, chunk):
             w = prototypes[k0 : k0 + chunk]
-            g = _softmax_grad_into(_tile(g_buf, rows, w.shape[0]), f_in, w, scale, neg_lse,
-                                   softmax_scale)  # fmt: skip
+            g = _softmax_grad_into(_tile(g_buf, rows, w.shape[0]), f_in, w, scale, shift, factor)
             g_in = g if fast else g.to(features.dtype)
             if grad_f is not None:
                 grad_f.addmm_(g_in, w) if fast else grad_f.add_(g_in @ w)
@@ -359,7 +388,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
         n_teacher, t_rows = weights.shape[1], targets.rows
         inv_t = 1.0 / student_temp
         acc = {"dtype": acc_dtype(features), "device": features.device}
-        lse = _student_lse(features, prototypes, inv_t, chunk)
+        lse, unshifted = _student_lse(features, prototypes, inv_t, chunk)
         pw_t, mass_t, t_shift = _stream_targets(targets, prototypes)
         w_acc = weights.to(acc["dtype"])
         n_images = t_rows // n_teacher
@@ -371,6 +400,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
         ctx.targets = targets
         ctx.student_temp = student_temp
         ctx.chunk = chunk
+        ctx.unshifted = unshifted
         return mass * lse - dot
 
     @staticmethod
@@ -392,8 +422,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
         acc = {"dtype": lse.dtype, "device": features.device}
         f_in, scale = _scaled_features(features, inv_t)
         row_scale = grad_loss.to(lse.dtype) * inv_t
-        softmax_scale = (mass * row_scale)[:, None]
-        neg_lse = (-lse)[:, None]
+        shift, factor = _grad_shift(lse, (mass * row_scale)[:, None], ctx.unshifted)
         features_acc = features.to(acc["dtype"])
         # grad_W's target part: P^T X, X_t = sum_c weights[c, t] * row_scale * f (crop c)
         rf = (row_scale[:, None] * features_acc).view(n_crops, t_rows // n_teacher, -1)
@@ -407,7 +436,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
         for k0 in range(0, k, chunk):
             w = prototypes[k0 : k0 + chunk]
             c = w.shape[0]
-            g = _softmax_grad_into(_tile(g_buf, rows, c), f_in, w, scale, neg_lse, softmax_scale)
+            g = _softmax_grad_into(_tile(g_buf, rows, c), f_in, w, scale, shift, factor)
             g_in = g if fast else g.to(features.dtype)
             if grad_f is not None:
                 grad_f.addmm_(g_in, w) if fast else grad_f.add_(g_in @ w)
@@ -418,7 +447,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
                 tile = torch.mm(g.T, features_acc)
                 tile.addmm_(p.add_(t_shift[:, None]).exp_().T, x, alpha=-1)
                 grad_w[k0 : k0 + c] = tile
-        del g_buf
+        del g_buf, g, g_in  # free the student tile before the teacher's
         if grad_w is not None and fast:  # the target part over larger teacher tiles
             t_chunk = default_chunk_size(t_rows, k)
             t_buf = _tile_buffer(t_rows, t_chunk, **acc)
