@@ -17,8 +17,6 @@ Cross-Entropy, here with soft targets), and the backward pass recomputes each ti
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -112,13 +110,6 @@ def _logits_into(
     return out if neg_shift is None else out.add_(neg_shift)
 
 
-# exp() of logits up to this (plus log K for the sum over prototypes) stays finite in fp32
-# (exp(88) overflows): below it the tiles need no shift at all, which saves the pass
-# that writing the shift into the tile costs. The L2-normalised DINO head at tau = 0.1
-# has logits within +-10.
-_UNSHIFTED_LIMIT = 80.0
-
-
 def _scaled_features(features: Tensor, inv_t: float) -> tuple[Tensor, float | None]:
     """Fold 1/tau into the (small) features when that adds no rounding; else scale tiles."""
     if features.dtype == acc_dtype(features):
@@ -149,12 +140,11 @@ def _online_logsumexp(f_in: Tensor, scale: float | None, prototypes: Tensor, chu
     rows = f_in.shape[0]
     acc = {"dtype": acc_dtype(f_in), "device": f_in.device}
     buf = _tile_buffer(rows, chunk, **acc)
-    zero = torch.zeros(rows, 1, **acc)
     run_max = torch.full((rows,), -torch.inf, **acc)
     run_sum = torch.zeros(rows, **acc)
     for k0 in range(0, prototypes.shape[0], chunk):
         w = prototypes[k0 : k0 + chunk]
-        s = _logits_into(_tile(buf, rows, w.shape[0]), f_in, w, scale, zero)
+        s = _logits_into(_tile(buf, rows, w.shape[0]), f_in, w, scale, None)
         new_max = torch.maximum(run_max, s.amax(dim=1))
         run_sum.mul_(torch.exp(run_max - new_max))
         run_sum.add_(s.sub_(new_max[:, None]).exp_().sum(dim=1))
@@ -162,64 +152,41 @@ def _online_logsumexp(f_in: Tensor, scale: float | None, prototypes: Tensor, chu
     return run_max + run_sum.log()
 
 
-# exp(-60): a row whose shifted sum falls below this may have lost terms to underflow
-# (fp32 denormals start at exp(-87)), so its log-sum-exp is recomputed with a running max.
+# exp(-60): a row whose sum of exponentials falls below this may have lost terms to
+# underflow (fp32 denormals start at exp(-87)); one that overflowed is inf. Either is
+# recomputed with a running max.
 _UNDERFLOW_GUARD = 8.7e-27
 
 
-def _logit_bound(features: Tensor, prototypes: Tensor, inv_t: float) -> Tensor:
-    """Per-row Cauchy-Schwarz bound ``|f_b| max_k |w_k| / tau`` of the logits (acc dtype)."""
-    dtype = acc_dtype(features)
-    w_norm = torch.linalg.vector_norm(prototypes, dim=1, dtype=dtype).max()
-    return torch.linalg.vector_norm(features, dim=1, dtype=dtype) * (w_norm * inv_t)
-
-
-def _finish_lse(
-    bound: Tensor, run_sum: Tensor, f_in: Tensor, scale: float | None, prototypes: Tensor,
-    chunk: int,
-) -> Tensor:  # fmt: skip
-    """Row log-sum-exp from the bound-shifted sums; rows where the bound was so loose that
-    the sum could underflow are recomputed with a running max."""
-    lse = bound + run_sum.log()
-    loose = run_sum < _UNDERFLOW_GUARD
-    if bool(loose.any()):
-        lse[loose] = _online_logsumexp(f_in[loose], scale, prototypes, chunk)
-    return lse
-
-
-def _student_lse(
-    features: Tensor, prototypes: Tensor, inv_t: float, chunk: int
-) -> tuple[Tensor, bool]:
-    """Row log-sum-exp of ``features @ prototypes.T * inv_t``, tile by tile, and whether
-    the logits were small enough to need no shift. Else each row's logits are shifted by
-    their Cauchy-Schwarz bound (no max pass); rows whose sum could have underflowed are
-    redone with a running max."""
+def _student_lse(features: Tensor, prototypes: Tensor, inv_t: float, chunk: int) -> Tensor:
+    """Row log-sum-exp of ``features @ prototypes.T * inv_t``, tile by tile, unshifted:
+    ``exp`` straight on the logits (no max pass, no shift pass; the L2-normalised DINO
+    head's logits lie within +-1/tau). Rows whose sum overflowed or could have lost terms
+    to underflow are recomputed exactly with a running max."""
     rows, k = features.shape[0], prototypes.shape[0]
     acc = {"dtype": acc_dtype(features), "device": features.device}
     f_in, scale = _scaled_features(features, inv_t)
-    bound = _logit_bound(features, prototypes, inv_t)
-    unshifted = float(bound.max()) + math.log(k) < _UNSHIFTED_LIMIT
-    if unshifted:
-        bound.zero_()
-    neg_bound = None if unshifted else (-bound)[:, None]
     s_buf = _tile_buffer(rows, chunk, **acc)
     run_sum = torch.zeros(rows, **acc)
     for k0 in range(0, k, chunk):
         w = prototypes[k0 : k0 + chunk]
-        s = _logits_into(_tile(s_buf, rows, w.shape[0]), f_in, w, scale, neg_bound)
+        s = _logits_into(_tile(s_buf, rows, w.shape[0]), f_in, w, scale, None)
         run_sum.add_(s.exp_().sum(dim=1))
-    del s_buf
-    return _finish_lse(bound, run_sum, f_in, scale, prototypes, chunk), unshifted
+    del s_buf, s
+    lse = run_sum.log()
+    redo = ~torch.isfinite(run_sum) | (run_sum < _UNDERFLOW_GUARD)
+    if bool(redo.any()):
+        lse[redo] = _online_logsumexp(f_in[redo], scale, prototypes, chunk)
+    return lse
 
 
-def _grad_shift(
-    lse: Tensor, softmax_scale: Tensor, unshifted: bool
-) -> tuple[Tensor | None, Tensor]:
-    """``(shift, factor)`` with ``softmax_scale * exp(s - lse) = factor * exp(s + shift)``:
-    no shift (one pass less per tile) where the forward needed none and no row's
-    log-sum-exp is so low that terms exp(s) dropping to 0 would matter (below exp(-60)
-    of the row's mass); else the shift -lse."""
-    if unshifted and float(lse.min()) > -60.0:
+def _grad_shift(lse: Tensor, softmax_scale: Tensor) -> tuple[Tensor | None, Tensor]:
+    """``(shift, factor)`` with ``softmax_scale * exp(s - lse) = factor * exp(s + shift)``.
+
+    No shift (one pass less per tile) when every row's log-sum-exp is moderate: then no
+    ``exp(s)`` (each at most ``exp(lse)``) overflows, and terms that underflow to 0 are
+    below exp(-27) of their row's mass. Else the shift ``-lse``."""
+    if float(lse.max()) < 80.0 and float(lse.min()) > -60.0:
         return None, softmax_scale * torch.exp(-lse)[:, None]
     return (-lse)[:, None], softmax_scale
 
@@ -246,10 +213,9 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
     ``sum_t weights[c, t] * targets[t, b]``. Everything that involves the targets is a
     matmul over them (``p W`` for the target-logit dot and the feature gradient,
     ``p^T (g f)`` for the prototype gradient), so the tiles carry only the softmax part.
-    The forward shifts the logits of row b by the Cauchy-Schwarz bound
-    ``|f_b| max_k |w_k| / tau`` (no overflow, no max pass); for the L2-normalised DINO head
-    that is ``1 / tau``, never far above the true max. Rows where the bound is so loose that
-    the sum could underflow are recomputed with a running max.
+    The forward takes ``exp`` of the logits unshifted (see :func:`_student_lse`: rows that
+    overflow or may underflow are redone with a running max); the backward shifts by the
+    row log-sum-exp only where that is needed (:func:`_grad_shift`).
     """
 
     @staticmethod
@@ -266,7 +232,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         n_crops, n_targets = weights.shape[0], targets.shape[1]
         inv_t = 1.0 / student_temp
         acc = {"dtype": acc_dtype(features), "device": features.device}
-        lse, unshifted = _student_lse(features, prototypes, inv_t, chunk)
+        lse = _student_lse(features, prototypes, inv_t, chunk)
         # per row: p W (its target mixed over teacher crops) and the target mass
         w_acc = weights.to(acc["dtype"])
         pw = torch.einsum(
@@ -278,7 +244,6 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(features, prototypes, targets, weights, lse, mass, pw)
         ctx.student_temp = student_temp
         ctx.chunk = chunk
-        ctx.unshifted = unshifted
         ctx.shape = (n_crops, n_targets)
         return mass * lse - dot
 
@@ -301,7 +266,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         # dL/dz_bk = r_b (P_b softmax_bk - p_bk), r_b = g_b / tau, z = f W^T. The p part:
         # grad_f -= r p W;  grad_W -= sum_t targets[t]^T x_t, x_t = sum_c weights[c, t] r f
         row_scale = grad_loss.to(lse.dtype) * inv_t
-        shift, factor = _grad_shift(lse, (mass * row_scale)[:, None], ctx.unshifted)
+        shift, factor = _grad_shift(lse, (mass * row_scale)[:, None])
         rf = (row_scale[:, None] * features.to(acc["dtype"])).view(n_crops, n_targets, -1)
         x = torch.einsum("ct,cbd->tbd", weights.to(acc["dtype"]), rf)
         fast = _fast_path(features, prototypes, targets)
@@ -388,7 +353,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
         n_teacher, t_rows = weights.shape[1], targets.rows
         inv_t = 1.0 / student_temp
         acc = {"dtype": acc_dtype(features), "device": features.device}
-        lse, unshifted = _student_lse(features, prototypes, inv_t, chunk)
+        lse = _student_lse(features, prototypes, inv_t, chunk)
         pw_t, mass_t, t_shift = _stream_targets(targets, prototypes)
         w_acc = weights.to(acc["dtype"])
         n_images = t_rows // n_teacher
@@ -400,7 +365,6 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
         ctx.targets = targets
         ctx.student_temp = student_temp
         ctx.chunk = chunk
-        ctx.unshifted = unshifted
         return mass * lse - dot
 
     @staticmethod
@@ -422,7 +386,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
         acc = {"dtype": lse.dtype, "device": features.device}
         f_in, scale = _scaled_features(features, inv_t)
         row_scale = grad_loss.to(lse.dtype) * inv_t
-        shift, factor = _grad_shift(lse, (mass * row_scale)[:, None], ctx.unshifted)
+        shift, factor = _grad_shift(lse, (mass * row_scale)[:, None])
         features_acc = features.to(acc["dtype"])
         # grad_W's target part: P^T X, X_t = sum_c weights[c, t] * row_scale * f (crop c)
         rf = (row_scale[:, None] * features_acc).view(n_crops, t_rows // n_teacher, -1)

@@ -120,8 +120,10 @@ def test_cross_entropy_backward_inside_autocast() -> None:
     torch.testing.assert_close(w.grad.double(), want_gw, atol=0.1, rtol=0)
 
 
-def test_cross_entropy_loose_bound_falls_back_to_running_max(monkeypatch) -> None:
-    """Unnormalised rows whose logits sit far below |f| max|w| / tau (exp would underflow)."""
+@pytest.mark.parametrize("case", ["overflow", "underflow"])
+def test_cross_entropy_extreme_logits_fall_back_to_running_max(monkeypatch, case) -> None:
+    """Rows whose unshifted exp() sums overflow (logits far above 88) or underflow (all
+    far below -87) are recomputed with a running max: loss and grads stay exact."""
     calls = []
     exact = prototype_module._online_logsumexp
     monkeypatch.setattr(
@@ -129,22 +131,30 @@ def test_cross_entropy_loose_bound_falls_back_to_running_max(monkeypatch) -> Non
     )
     g = torch.Generator().manual_seed(11)
     w = F.normalize(torch.randn(90, 8, generator=g, dtype=torch.float64), dim=-1)
-    w[0] *= 40.0  # one long prototype makes the bound loose for rows orthogonal to it
-    f = torch.randn(6, 8, generator=g, dtype=torch.float64) * 5
-    f[:3] -= (f[:3] @ w[0])[:, None] * w[0] / w[0].dot(w[0])
+    f = torch.randn(6, 8, generator=g, dtype=torch.float64) * 0.5
+    if case == "overflow":  # rows 0-2 point along prototype 0 with a large norm
+        w[0] *= 40.0
+        f[:3] = w[0] * 2.0
+    else:  # every prototype in one half-space; rows 0-2 far on the other side
+        w[:, 0] = w[:, 0].abs() + 1.0
+        f[:3] = torch.tensor([-30.0] + [0.0] * 7, dtype=torch.float64)
     p = torch.softmax(torch.randn(6, 90, generator=g, dtype=torch.float64), -1)
     for dtype in (torch.float64, torch.float32):
+        calls.clear()
         fr, wr = f.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
         loss = prototype_cross_entropy(fr, p.to(dtype), wr, 0.05, impl="torch", chunk_size=32)
         gf, gw = torch.autograd.grad(loss.sum(), (fr, wr))
         want, want_gf, want_gw = eager_loss_and_grads(
             f, w, p, 0.05, torch.ones(6, dtype=torch.float64)
         )
-        tol = 1e-10 if dtype == torch.float64 else 1e-3  # |loss| ~ 1e3 here
+        tol = 1e-10 if dtype == torch.float64 else 1e-3  # |loss| up to ~1e4 here
         torch.testing.assert_close(loss.double(), want, atol=tol, rtol=1e-6)
         torch.testing.assert_close(gf.double(), want_gf, atol=tol, rtol=1e-5)
         torch.testing.assert_close(gw.double(), want_gw, atol=tol, rtol=1e-5)
-    assert len(calls) == 2 and min(calls) >= 3  # at least the orthogonal rows, per dtype
+        if dtype == torch.float32:  # fp64's range holds these sums; fp32's does not
+            lse = torch.logsumexp(f @ w.T / 0.05, dim=1)
+            assert calls == [int(((lse > 88.72) | (lse < -60.0)).sum())], (calls, lse)
+            assert calls[0] >= 3
 
 
 def test_cross_entropy_rejects_bad_input() -> None:
