@@ -28,7 +28,7 @@ from medssl.builtins.objectives.base import ConfiguredObjective
 from medssl.builtins.objectives.heads import DINOHead, build_teacher_head, load_dinov2_head
 from medssl.engine.diagnostics import collapse_metrics
 from medssl.engine.schedules import teacher_temperature
-from medssl.losses import prototype_cross_entropy, prototype_targets
+from medssl.losses import PrototypeTargets, prototype_cross_entropy, prototype_targets
 from medssl.types import (
     BackboneOutput,
     ObjectiveContext,
@@ -59,6 +59,12 @@ class TeacherOptions(BaseModel):
     sinkhorn_iterations: int = Field(3, ge=1)
     freeze_last_layer_epochs: float = Field(1, ge=0)
     impl: Impl = Field("auto", description="medssl.losses implementation")
+    lazy_targets: bool = Field(
+        False,
+        description="never hold the teacher's [rows, prototypes] targets: the loss recomputes "
+        "them tile by tile (medssl.losses.PrototypeTargets; saves rows x prototypes x 4 bytes "
+        "for one more pass of teacher logits)",
+    )
 
 
 class HeadOptions(BaseModel):
@@ -112,6 +118,7 @@ class _SelfDistillation(ConfiguredObjective):
             center=self.center if o.centering == "mean" else None,
             n_iter=o.sinkhorn_iterations,
             impl=o.impl,
+            lazy=o.lazy_targets,
         )
         if o.centering == "mean":
             self._update_center(feats, protos, teacher_head.last_layer.weight)
@@ -260,5 +267,6 @@ class DINO(_SelfDistillation):
         every = self.options.diagnostics_every
         if every and out.step % every == 0:
             # Teacher entropy and prototype usage; the engine adds the CLS spread.
-            metrics.update(collapse_metrics(probs))
+            dense = probs.materialize() if isinstance(probs, PrototypeTargets) else probs
+            metrics.update(collapse_metrics(dense))
         return ObjectiveResult(loss=loss, metrics=metrics)

@@ -79,9 +79,13 @@ def build(centering: str = "mean", freeze: float = 0, **kw) -> DINO:
     return obj
 
 
-@pytest.mark.parametrize("centering", ["mean", "sinkhorn_knopp"])
-def test_matches_dinov2_formula_float64(centering: str) -> None:
-    obj = build(centering).double()
+@pytest.mark.parametrize(
+    ("centering", "lazy"),
+    [("mean", False), ("sinkhorn_knopp", False), ("mean", True), ("sinkhorn_knopp", True)],
+)
+def test_matches_dinov2_formula_float64(centering: str, lazy: bool) -> None:
+    """Also with lazy_targets (the teacher's targets recomputed tile by tile)."""
+    obj = build(centering, lazy_targets=lazy).double()
     center = torch.zeros(1, K, dtype=torch.float64)
     for step in range(2):  # the second step uses the centre the first one updated
         out = hand_made_step(b=5, n_global=2, n_local=3, seed=step, step=step)
@@ -166,6 +170,8 @@ def test_metrics_carry_teacher_diagnostics() -> None:
     assert 0 < metrics["teacher_entropy_ratio"] <= 1 and 0 < metrics["usage_ratio"] <= 1
     assert metrics["teacher_temp"] == pytest.approx(TEACHER_TEMP)
     assert obj.freeze_last_layer_epochs == 0
+    lazy = build("mean", lazy_targets=True).loss(hand_made_step(4, 2, 2, dtype=torch.float32))
+    assert lazy.metrics["teacher_entropy_ratio"] == pytest.approx(metrics["teacher_entropy_ratio"])
     quiet = build("mean", diagnostics_every=0)
     assert set(quiet.loss(hand_made_step(4, 2, 2, dtype=torch.float32)).metrics) == {"teacher_temp"}
 

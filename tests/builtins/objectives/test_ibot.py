@@ -48,7 +48,7 @@ def dinov2_forward_masked(student_masked: Tensor, teacher_probs: Tensor, masks: 
     return -loss.sum() / masks.shape[0]
 
 
-def build(separate: bool, centering: str = "mean") -> tuple[IBOT, DINO | None]:
+def build(separate: bool, centering: str = "mean", lazy: bool = False) -> tuple[IBOT, DINO | None]:
     torch.manual_seed(0)
     ctx = objective_context()
     dino = None
@@ -57,7 +57,12 @@ def build(separate: bool, centering: str = "mean") -> tuple[IBOT, DINO | None]:
         dino.setup(ctx)
         perturb_(dino.teacher_head)
     ibot = IBOT(
-        **HEAD, **TEMPS, separate_head=separate, centering=centering, freeze_last_layer_epochs=0
+        **HEAD,
+        **TEMPS,
+        separate_head=separate,
+        centering=centering,
+        freeze_last_layer_epochs=0,
+        lazy_targets=lazy,
     )
     ibot.setup(ctx)
     if separate:
@@ -65,9 +70,14 @@ def build(separate: bool, centering: str = "mean") -> tuple[IBOT, DINO | None]:
     return ibot, dino
 
 
-@pytest.mark.parametrize(("separate", "centering"), [(False, "mean"), (True, "sinkhorn_knopp")])
-def test_matches_dinov2_formula_float64(separate: bool, centering: str) -> None:
-    ibot, dino = build(separate, centering)
+@pytest.mark.parametrize(
+    ("separate", "centering", "lazy"),
+    [(False, "mean", False), (True, "sinkhorn_knopp", False), (False, "mean", True),
+     (True, "sinkhorn_knopp", True)],
+)  # fmt: skip
+def test_matches_dinov2_formula_float64(separate: bool, centering: str, lazy: bool) -> None:
+    """Also with lazy_targets (the teacher's targets recomputed tile by tile)."""
+    ibot, dino = build(separate, centering, lazy)
     ibot.double()
     if dino is not None:
         dino.double()
