@@ -10,7 +10,9 @@ text-model folder (``text_model: path``; its first token's output).
 
 Images: the student's CLS token of ``views.single_view`` (one more backbone forward) or,
 with ``view: global`` or when the policy made no single view, of global crop 0 from the
-shared forward pass. The loss is over the local batch (no cross-rank gathering).
+shared forward pass. Under torch.distributed, every rank's projections are gathered (with
+their gradients, as OpenCLIP's ``gather_with_grad``) so each image is contrasted with the
+reports of the global batch, not only its rank's; ``gather: false`` keeps the loss local.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
@@ -138,6 +141,9 @@ class CLIP(ConfiguredObjective):
         view: Literal["single", "global"] = Field(
             "single", description="encode a single view, or reuse global crop 0's CLS token"
         )
+        gather: bool = Field(
+            True, description="contrast against every rank's batch under torch.distributed"
+        )
 
         @model_validator(mode="after")
         def _check(self) -> Self:
@@ -195,7 +201,33 @@ class CLIP(ConfiguredObjective):
         acc = torch.promote_types(image.dtype, torch.float32)  # fp32 at least, fp64 kept
         image, text = F.normalize(image.to(acc), dim=-1), F.normalize(text.to(acc), dim=-1)
         scale = self.logit_scale.clamp(max=math.log(self.options.max_logit_scale)).exp()
-        logits = scale * image @ text.T
-        labels = torch.arange(logits.shape[0], device=logits.device)
-        loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        all_image, offset = _gather_rows(image, self.options.gather)
+        all_text, _ = _gather_rows(text, self.options.gather)
+        # This rank's rows against the global batch's columns; its pairs sit at offset + i.
+        # Averaged over ranks (DDP averages the gradients) this is the global batch's loss.
+        labels = torch.arange(image.shape[0], device=image.device) + offset
+        image_to_text = F.cross_entropy(scale * image @ all_text.T, labels)
+        text_to_image = F.cross_entropy(scale * text @ all_image.T, labels)
+        loss = 0.5 * (image_to_text + text_to_image)
         return ObjectiveResult(loss=loss, metrics={"logit_scale": float(scale.detach())})
+
+
+def _gather_rows(x: Tensor, enabled: bool) -> tuple[Tensor, int]:
+    """``x`` of every rank, concatenated in rank order (gradients flow back to each rank's
+    own rows), and this rank's first row in it; ``(x, 0)`` outside torch.distributed."""
+    if not (enabled and dist.is_available() and dist.is_initialized()):
+        return x, 0
+    world = dist.get_world_size()
+    if world == 1:
+        return x, 0
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    if len({int(n) for n in sizes}) != 1:
+        raise ValueError(
+            "objective 'clip': gathering across ranks needs the same batch on every rank, got "
+            f"{[int(n) for n in sizes]} (drop the last incomplete batch, or set "
+            "objectives.clip.gather=false)"
+        )
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x)), dist.get_rank() * x.shape[0]

@@ -128,3 +128,50 @@ def test_local_hugging_face_text_model(tmp_path: Path) -> None:
 def test_missing_text_model_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="text_model"):
         build(text_model=str(tmp_path / "absent"))
+
+
+def _split(views, rank: int, per_rank: int):
+    from medssl.types import Views
+
+    rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    part = Views(batch_size=per_rank)
+    part.single_view = views.single_view[rows]
+    part.text = views.text[rows]
+    return part
+
+
+def _clip_rank(rank: int, world: int, init_file: str, out: dict) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        clip, backbone = build()
+        clip.double()
+        backbone.double()
+        views = make_views(clip.request(4), batch_size=6, image_size=16)
+        views.single_view = views.single_view.double()
+        loss = clip.loss(make_step(backbone, _split(views, rank, 3))).loss
+        params = [clip.logit_scale, clip.text_projection.weight, clip.image_projection.weight]
+        out[rank] = (loss.detach(), [g.detach() for g in torch.autograd.grad(loss, params)])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathers_the_global_batch_across_ranks(tmp_path: Path) -> None:
+    """Two gloo ranks with 3 pairs each: the mean of their losses and of their gradients
+    (what DDP applies) equal one process's on all 6 pairs."""
+    import torch.multiprocessing as mp
+
+    out = mp.Manager().dict()
+    mp.spawn(_clip_rank, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    clip, backbone = build()
+    clip.double()
+    backbone.double()
+    views = make_views(clip.request(4), batch_size=6, image_size=16)
+    views.single_view = views.single_view.double()
+    loss = clip.loss(make_step(backbone, views)).loss
+    params = [clip.logit_scale, clip.text_projection.weight, clip.image_projection.weight]
+    grads = torch.autograd.grad(loss, params)
+    torch.testing.assert_close((out[0][0] + out[1][0]) / 2, loss.detach(), rtol=1e-12, atol=1e-12)
+    for i, g in enumerate(grads):
+        torch.testing.assert_close((out[0][1][i] + out[1][1][i]) / 2, g, rtol=1e-10, atol=1e-12)
