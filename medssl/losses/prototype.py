@@ -199,6 +199,22 @@ def _softmax_grad_into(
     return _logits_into(out, f_in, w, scale, shift).exp_().mul_(factor)
 
 
+def _target_terms(
+    weights: Tensor, pw_t: Tensor, mass_t: Tensor, features: Tensor, lse: Tensor, inv_t: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(p W, target mass, loss)`` per student row. Row (crop c, image b) has the target
+    ``sum_t weights[c, t] * targets[t, b]``; ``pw_t`` and ``mass_t`` are per teacher row
+    (``[T, B_t, D]``/``[T, B_t]`` or flat), so only ``[rows, D]`` is ever formed."""
+    acc = lse.dtype
+    w_acc = weights.to(acc)
+    n_teacher = weights.shape[1]
+    d = pw_t.shape[-1]
+    pw = torch.einsum("ct,tbd->cbd", w_acc, pw_t.reshape(n_teacher, -1, d)).reshape(-1, d)
+    mass = (w_acc @ mass_t.reshape(n_teacher, -1)).reshape(-1)
+    dot = torch.linalg.vecdot(features.to(acc), pw) * inv_t
+    return pw, mass, mass * lse - dot
+
+
 def _without_autocast(backward, ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
     """Run ``backward``: one called inside an autocast region would run under it too, and
     the dtypes of its einsums and matmuls are chosen explicitly."""
@@ -228,24 +244,17 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         student_temp: float,
         chunk: int,
     ) -> Tensor:
-        rows = features.shape[0]
         n_crops, n_targets = weights.shape[0], targets.shape[1]
         inv_t = 1.0 / student_temp
-        acc = {"dtype": acc_dtype(features), "device": features.device}
         lse = _student_lse(features, prototypes, inv_t, chunk)
-        # per row: p W (its target mixed over teacher crops) and the target mass
-        w_acc = weights.to(acc["dtype"])
-        pw = torch.einsum(
-            "ct,tbd->cbd", w_acc, _targets_times_prototypes(targets, prototypes, chunk)
-        )
-        pw = pw.reshape(rows, -1)
-        mass = (w_acc @ targets.sum(dim=2, dtype=acc["dtype"])).reshape(rows)
-        dot = torch.linalg.vecdot(features.to(acc["dtype"]), pw) * inv_t
+        pw_t = _targets_times_prototypes(targets, prototypes, chunk)
+        mass_t = targets.sum(dim=2, dtype=lse.dtype)
+        pw, mass, loss = _target_terms(weights, pw_t, mass_t, features, lse, inv_t)
         ctx.save_for_backward(features, prototypes, targets, weights, lse, mass, pw)
         ctx.student_temp = student_temp
         ctx.chunk = chunk
         ctx.shape = (n_crops, n_targets)
-        return mass * lse - dot
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
@@ -349,23 +358,15 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
         chunk: int,
         targets: PrototypeTargets,
     ) -> Tensor:
-        rows = features.shape[0]
-        n_teacher, t_rows = weights.shape[1], targets.rows
         inv_t = 1.0 / student_temp
-        acc = {"dtype": acc_dtype(features), "device": features.device}
         lse = _student_lse(features, prototypes, inv_t, chunk)
         pw_t, mass_t, t_shift = _stream_targets(targets, prototypes)
-        w_acc = weights.to(acc["dtype"])
-        n_images = t_rows // n_teacher
-        pw = torch.einsum("ct,tbd->cbd", w_acc, pw_t.view(n_teacher, n_images, -1))
-        pw = pw.reshape(rows, -1)
-        mass = (w_acc @ mass_t.view(n_teacher, n_images)).reshape(rows)
-        dot = torch.linalg.vecdot(features.to(acc["dtype"]), pw) * inv_t
+        pw, mass, loss = _target_terms(weights, pw_t, mass_t, features, lse, inv_t)
         ctx.save_for_backward(features, prototypes, weights, lse, mass, pw, t_shift)
         ctx.targets = targets
         ctx.student_temp = student_temp
         ctx.chunk = chunk
-        return mass * lse - dot
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
