@@ -23,6 +23,25 @@ from medssl.types import BackboneOutput
 __all__ = ["VisionTransformer", "BACKBONES"]
 
 
+# DINOv2 switches from multiplying dropped samples by 0 to not computing them above 0.1
+# (the margin: timm's per-block rates come from a float32 linspace, 0.1 -> 0.10000000149).
+_SUBSET_DROP_RATE = 0.1 + 1e-6
+
+
+def _residual_on_subset(x: Tensor, branch: tuple[nn.Module, ...], rate: float) -> Tensor:
+    """``x + branch(x)`` (the modules of ``branch`` applied in turn) for ``int(N * (1 -
+    rate))`` samples drawn without replacement, their branch scaled by ``N / kept``
+    (unbiased), the others passed through unchanged."""
+    n = x.shape[0]
+    kept = max(int(n * (1 - rate)), 1)
+    index = torch.randperm(n, device=x.device)[:kept]
+    residual = x[index]
+    for module in branch:
+        residual = module(residual)
+    out = torch.index_add(x.flatten(1), 0, index, residual.to(x.dtype).flatten(1), alpha=n / kept)
+    return out.view_as(x)
+
+
 class VisionTransformer(nn.Module):
     """A ViT encoder returning CLS and patch tokens.
 
@@ -135,9 +154,27 @@ class VisionTransformer(nn.Module):
         tokens = self.vit.patch_drop(tokens)
         return self.vit.norm_pre(tokens)
 
+    def _blocks(self, tokens: Tensor) -> Tensor:
+        """The transformer blocks; in training, a residual branch whose drop-path rate is
+        above 0.1 runs only on the samples it keeps (DINOv2's
+        ``drop_add_residual_stochastic_depth``): the compute the rate drops is saved."""
+        if not self.training:
+            return self.vit.blocks(tokens)
+        for block in self.vit.blocks:
+            for norm, branch, scale, drop in (
+                (block.norm1, block.attn, block.ls1, block.drop_path1),
+                (block.norm2, block.mlp, block.ls2, block.drop_path2),
+            ):
+                rate = getattr(drop, "drop_prob", 0.0)
+                if rate > _SUBSET_DROP_RATE:
+                    tokens = _residual_on_subset(tokens, (norm, branch, scale), rate)
+                else:
+                    tokens = tokens + drop(scale(branch(norm(tokens))))
+        return tokens
+
     def forward(self, x: Tensor, masks: Tensor | None = None) -> BackboneOutput:
         self._check_input(x)
-        tokens = self.vit.blocks(self._embed(x, masks))
+        tokens = self._blocks(self._embed(x, masks))
         tokens = self.vit.norm(tokens)
         return BackboneOutput(cls=tokens[:, 0], patch=tokens[:, 1:])
 
@@ -147,7 +184,7 @@ class VisionTransformer(nn.Module):
         tokens = self._embed(x, None)
         index = (keep + 1).unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
         visible = torch.cat([tokens[:, :1], torch.gather(tokens, 1, index)], dim=1)
-        return self.vit.norm(self.vit.blocks(visible))
+        return self.vit.norm(self._blocks(visible))
 
     def get_last_self_attention(self, x: Tensor) -> Tensor:
         """Attention weights ``[N, heads, T, T]`` of the last block (for attention maps)."""
