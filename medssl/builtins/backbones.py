@@ -161,15 +161,13 @@ class VisionTransformer(nn.Module):
         if not self.training:
             return self.vit.blocks(tokens)
         for block in self.vit.blocks:
-            for norm, branch, scale, drop in (
-                (block.norm1, block.attn, block.ls1, block.drop_path1),
-                (block.norm2, block.mlp, block.ls2, block.drop_path2),
-            ):
-                rate = getattr(drop, "drop_prob", 0.0)
-                if rate > _SUBSET_DROP_RATE:
-                    tokens = _residual_on_subset(tokens, (norm, branch, scale), rate)
-                else:
-                    tokens = tokens + drop(scale(branch(norm(tokens))))
+            # timm gives both branches of a block the same rate
+            if getattr(block.drop_path1, "drop_prob", 0.0) <= _SUBSET_DROP_RATE:
+                tokens = block(tokens)
+                continue
+            rate = block.drop_path1.drop_prob
+            tokens = _residual_on_subset(tokens, (block.norm1, block.attn, block.ls1), rate)
+            tokens = _residual_on_subset(tokens, (block.norm2, block.mlp, block.ls2), rate)
         return tokens
 
     def forward(self, x: Tensor, masks: Tensor | None = None) -> BackboneOutput:

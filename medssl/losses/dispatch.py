@@ -71,3 +71,10 @@ def check_2d(name: str, fn: str, x: Tensor) -> None:
         raise ValueError(
             f"medssl.losses.{fn}: {name} must be 2-D [rows, features], got shape {tuple(x.shape)}"
         )
+
+
+def without_autocast(backward, ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
+    """Run ``backward``: one called inside an autocast region would run under it too, and
+    the dtypes of its einsums and matmuls are chosen explicitly."""
+    with torch.autocast(grad_loss.device.type, enabled=False):
+        return backward(ctx, grad_loss)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from medssl.losses.centering import global_max, sinkhorn_normalize_
-from medssl.losses.dispatch import acc_dtype, check_2d, resolve_impl
+from medssl.losses.dispatch import acc_dtype, check_2d, resolve_impl, without_autocast
 from medssl.losses.targets import PrototypeTargets, sinkhorn_shifts
 
 __all__ = [
@@ -186,7 +186,8 @@ def _grad_shift(lse: Tensor, softmax_scale: Tensor) -> tuple[Tensor | None, Tens
     No shift (one pass less per tile) when every row's log-sum-exp is moderate: then no
     ``exp(s)`` (each at most ``exp(lse)``) overflows, and terms that underflow to 0 are
     below exp(-27) of their row's mass. Else the shift ``-lse``."""
-    if float(lse.max()) < 80.0 and float(lse.min()) > -60.0:
+    low, high = torch.stack(torch.aminmax(lse)).tolist()  # one host sync, not two
+    if high < 80.0 and low > -60.0:
         return None, softmax_scale * torch.exp(-lse)[:, None]
     return (-lse)[:, None], softmax_scale
 
@@ -213,13 +214,6 @@ def _target_terms(
     mass = (w_acc @ mass_t.reshape(n_teacher, -1)).reshape(-1)
     dot = torch.linalg.vecdot(features.to(acc), pw) * inv_t
     return pw, mass, mass * lse - dot
-
-
-def _without_autocast(backward, ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
-    """Run ``backward``: one called inside an autocast region would run under it too, and
-    the dtypes of its einsums and matmuls are chosen explicitly."""
-    with torch.autocast(grad_loss.device.type, enabled=False):
-        return backward(ctx, grad_loss)
 
 
 class _PrototypeCrossEntropy(torch.autograd.Function):
@@ -258,7 +252,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        return _without_autocast(_PrototypeCrossEntropy._backward, ctx, grad_loss)
+        return without_autocast(_PrototypeCrossEntropy._backward, ctx, grad_loss)
 
     @staticmethod
     def _backward(ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
@@ -370,7 +364,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        return _without_autocast(_LazyTargetsCrossEntropy._backward, ctx, grad_loss)
+        return without_autocast(_LazyTargetsCrossEntropy._backward, ctx, grad_loss)
 
     @staticmethod
     def _backward(ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]

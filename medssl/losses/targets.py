@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 import torch.distributed as dist
@@ -76,12 +77,12 @@ class PrototypeTargets:
 
     def view(self, *shape: int) -> PrototypeTargets:
         """``view(T, B_t, -1)`` (or ``view(rows, -1)``): group the rows into T crops."""
-        dims = [d for d in shape if d != -1]
-        groups = dims[0] if len(shape) == 3 else 1
+        groups = shape[0] if len(shape) == 3 else 1
         if (
             len(shape) not in (2, 3)
+            or groups < 1
             or self.rows % groups
-            or (len(shape) == 3 and shape[1] != -1 and groups * shape[1] != self.rows)
+            or (len(shape) == 3 and shape[1] not in (-1, self.rows // groups))
         ):
             raise ValueError(
                 f"PrototypeTargets of {self.rows} rows cannot be viewed as {tuple(shape)}"
@@ -91,7 +92,7 @@ class PrototypeTargets:
     def logits_into(self, out: Tensor, k0: int, k1: int) -> Tensor:
         """``out = features @ prototypes[k0:k1].T * inv_temp + col_shift[k0:k1]`` (acc dtype)."""
         w = self.prototypes[k0:k1]
-        feats = self._scaled_features()
+        feats = self._scaled_features
         if feats is not None and w.dtype == out.dtype:
             # 1/temp folded into the features and the shift into the matmul: one pass
             if self.col_shift is None:
@@ -103,15 +104,12 @@ class PrototypeTargets:
             out.add_(self.col_shift[k0:k1])
         return out
 
+    @cached_property
     def _scaled_features(self) -> Tensor | None:
-        """``features * inv_temp`` when the features are in the acc dtype (cached)."""
+        """``features * inv_temp`` when the features are in the acc dtype (once per object)."""
         if self.features.dtype != self.dtype:
             return None
-        cached = self.__dict__.get("_scaled")
-        if cached is None:
-            cached = self.features * self.inv_temp
-            object.__setattr__(self, "_scaled", cached)
-        return cached
+        return self.features * self.inv_temp
 
     def materialize(self, chunk: int = 8192) -> Tensor:
         """The dense probabilities, ``[rows, K]`` (or ``[T, B_t, K]``), in the acc dtype."""

@@ -32,7 +32,7 @@ import triton.language as tl
 from torch import Tensor
 
 from medssl.losses.centering import global_max, sinkhorn_normalize_
-from medssl.losses.dispatch import triton_interpreter_enabled
+from medssl.losses.dispatch import triton_interpreter_enabled, without_autocast
 from medssl.losses.targets import PrototypeTargets
 
 __all__ = [
@@ -547,8 +547,9 @@ def _lazy_target_args(targets: PrototypeTargets, dtype: torch.dtype, cfg: dict) 
     tf = _contiguous_rows(targets.features.to(dtype))
     tw = _contiguous_rows(targets.prototypes.to(dtype))
     tscale2 = targets.inv_temp * _LOG2E
-    col2 = None if targets.col_shift is None else (targets.col_shift.float() * _LOG2E)
-    col2 = None if col2 is None else col2.contiguous()
+    col2 = None
+    if targets.col_shift is not None:
+        col2 = (targets.col_shift.float() * _LOG2E).contiguous()
     if targets.row_shift is None:  # softmax rows: minus the row log-sum-exp
         row2 = -_row_lse2(tf, tw, tscale2, col2, cfg["lse"])
     else:
@@ -603,8 +604,7 @@ class _TritonPrototypeCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):  # type: ignore[override]
-        with torch.autocast(grad_loss.device.type, enabled=False):
-            return _TritonPrototypeCrossEntropy._backward(ctx, grad_loss)
+        return without_autocast(_TritonPrototypeCrossEntropy._backward, ctx, grad_loss)
 
     @staticmethod
     def _backward(ctx, grad_loss):  # type: ignore[no-untyped-def]
@@ -666,7 +666,7 @@ def prototype_cross_entropy(
     prototypes = _contiguous_rows(prototypes)
     cfg = _head_config(features.dtype, block_b, block_k)
     if isinstance(targets, PrototypeTargets):
-        n_teacher, tb = max(targets.groups, 1), targets.rows
+        n_teacher, tb = targets.groups, targets.rows
         tgt = _lazy_target_args(targets, features.dtype, cfg)
     else:
         n_teacher, tb = targets.shape[0], targets.shape[0] * targets.shape[1]

@@ -201,8 +201,7 @@ class CLIP(ConfiguredObjective):
         acc = torch.promote_types(image.dtype, torch.float32)  # fp32 at least, fp64 kept
         image, text = F.normalize(image.to(acc), dim=-1), F.normalize(text.to(acc), dim=-1)
         scale = self.logit_scale.clamp(max=math.log(self.options.max_logit_scale)).exp()
-        all_image, offset = _gather_rows(image, self.options.gather)
-        all_text, _ = _gather_rows(text, self.options.gather)
+        all_image, all_text, offset = _gather_pairs(image, text, self.options.gather)
         # This rank's rows against the global batch's columns; its pairs sit at offset + i.
         # Averaged over ranks (DDP averages the gradients) this is the global batch's loss.
         labels = torch.arange(image.shape[0], device=image.device) + offset
@@ -212,16 +211,17 @@ class CLIP(ConfiguredObjective):
         return ObjectiveResult(loss=loss, metrics={"logit_scale": float(scale.detach())})
 
 
-def _gather_rows(x: Tensor, enabled: bool) -> tuple[Tensor, int]:
-    """``x`` of every rank, concatenated in rank order (gradients flow back to each rank's
-    own rows), and this rank's first row in it; ``(x, 0)`` outside torch.distributed."""
+def _gather_pairs(image: Tensor, text: Tensor, enabled: bool) -> tuple[Tensor, Tensor, int]:
+    """Every rank's image and text projections, concatenated in rank order (gradients flow
+    back to each rank's own rows), and this rank's first row in them; outside
+    torch.distributed (or with ``enabled`` false) the local ones and 0."""
     if not (enabled and dist.is_available() and dist.is_initialized()):
-        return x, 0
+        return image, text, 0
     world = dist.get_world_size()
     if world == 1:
-        return x, 0
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+        return image, text, 0
+    sizes = [torch.zeros(1, dtype=torch.long, device=image.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([image.shape[0]], device=image.device))
     if len({int(n) for n in sizes}) != 1:
         raise ValueError(
             "objective 'clip': gathering across ranks needs the same batch on every rank, got "
@@ -230,4 +230,5 @@ def _gather_rows(x: Tensor, enabled: bool) -> tuple[Tensor, int]:
         )
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x)), dist.get_rank() * x.shape[0]
+    offset = dist.get_rank() * image.shape[0]
+    return torch.cat(all_gather(image)), torch.cat(all_gather(text)), offset
