@@ -25,6 +25,7 @@ from medssl.losses.dispatch import acc_dtype, check_2d, resolve_impl, without_au
 from medssl.losses.targets import PrototypeTargets, sinkhorn_shifts
 
 __all__ = [
+    "SAVE_PROBS_BYTES",
     "PrototypeTargets",
     "default_chunk_size",
     "prototype_cross_entropy",
@@ -38,6 +39,16 @@ CENTERINGS = ("softmax_center", "sinkhorn_knopp", "none")
 # on the shared 2-core CPU of benchmarks/RESULTS.md, 16 MiB tiles ran the DINO head 2x
 # faster than 4 MiB ones for 12 MiB more memory. chunk_size overrides it.
 _TILE_BYTES = 16 * 2**20
+
+
+# Up to this many bytes of fp32 ``[rows, K]`` probabilities the torch head keeps them from
+# the forward for the backward rather than recomputing them: below it, a recomputation
+# (and the separate target products it needs) costs more time than the memory is worth --
+# in the ViT-S training step of benchmarks/RESULTS.md (80 DINO + 148 iBOT rows, K =
+# 65,536) keeping them saves 3 of the 6 passes of matmuls over the prototypes. Above it
+# (the B = 1,024 rows of a real DINOv2 batch: 256 MiB) the head streams. ``save_probs``
+# overrides it per call.
+SAVE_PROBS_BYTES = 64 * 2**20
 
 
 def default_chunk_size(rows: int, k: int) -> int:
@@ -216,6 +227,26 @@ def _target_terms(
     return pw, mass, mass * lse - dot
 
 
+def _add_feature_grad(grad_f: Tensor | None, g: Tensor, w: Tensor, fast: bool) -> None:
+    """``grad_f += g @ w`` for one tile; in low precision ``g`` is rounded to the
+    prototypes' dtype for the matmul, which accumulates in full precision."""
+    if grad_f is None:
+        return
+    if fast:
+        grad_f.addmm_(g, w)
+    else:
+        grad_f.add_(g.to(w.dtype) @ w)
+
+
+def _input_grads(
+    features: Tensor, grad_f: Tensor | None, grad_w: Tensor | None, n_inputs: int
+) -> tuple[Tensor | None, ...]:
+    """A backward's return: the two gradients (features' in their dtype), then ``None``
+    for the ``n_inputs - 2`` inputs that take none."""
+    head = grad_f.to(features.dtype) if grad_f is not None else None
+    return (head, grad_w, *([None] * (n_inputs - 2)))
+
+
 class _PrototypeCrossEntropy(torch.autograd.Function):
     """Chunked torch path: one ``[B, chunk]`` tile at a time, never ``[B, K]``.
 
@@ -237,21 +268,35 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         weights: Tensor,
         student_temp: float,
         chunk: int,
+        save_probs: bool = False,
     ) -> Tensor:
         n_crops, n_targets = weights.shape[0], targets.shape[1]
-        inv_t = 1.0 / student_temp
-        lse = _student_lse(features, prototypes, inv_t, chunk)
-        pw_t = _targets_times_prototypes(targets, prototypes, chunk)
-        mass_t = targets.sum(dim=2, dtype=lse.dtype)
-        pw, mass, loss = _target_terms(weights, pw_t, mass_t, features, lse, inv_t)
-        ctx.save_for_backward(features, prototypes, targets, weights, lse, mass, pw)
         ctx.student_temp = student_temp
         ctx.chunk = chunk
         ctx.shape = (n_crops, n_targets)
-        return loss
+        inv_t = 1.0 / student_temp
+        ctx.saved_probs = False
+        if save_probs:
+            loss, lse, mass, probs = _saved_probs_forward(
+                features, prototypes, targets, weights, inv_t, chunk
+            )
+            if probs is not None:
+                ctx.saved_probs = True
+                ctx.save_for_backward(features, prototypes, targets, weights, lse, mass, probs)
+                return loss
+            # a row overflowed or may have underflowed: stream the backward instead
+        else:
+            lse = _student_lse(features, prototypes, inv_t, chunk)
+        pw_t = _targets_times_prototypes(targets, prototypes, chunk)
+        mass_t = targets.sum(dim=2, dtype=lse.dtype)
+        pw, mass, streamed_loss = _target_terms(weights, pw_t, mass_t, features, lse, inv_t)
+        ctx.save_for_backward(features, prototypes, targets, weights, lse, mass, pw)
+        return loss if save_probs else streamed_loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
+        if ctx.saved_probs:
+            return without_autocast(_saved_probs_backward, ctx, grad_loss)
         return without_autocast(_PrototypeCrossEntropy._backward, ctx, grad_loss)
 
     @staticmethod
@@ -259,7 +304,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         features, prototypes, targets, weights, lse, mass, pw = ctx.saved_tensors
         need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_f or need_w):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         inv_t = 1.0 / ctx.student_temp
         chunk = ctx.chunk
         n_crops, n_targets = ctx.shape
@@ -279,11 +324,9 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         for k0 in range(0, k, chunk):
             w = prototypes[k0 : k0 + chunk]
             g = _softmax_grad_into(_tile(g_buf, rows, w.shape[0]), f_in, w, scale, shift, factor)
-            g_in = g if fast else g.to(features.dtype)
-            if grad_f is not None:
-                grad_f.addmm_(g_in, w) if fast else grad_f.add_(g_in @ w)
+            _add_feature_grad(grad_f, g, w, fast)
             if grad_w is not None and fast:
-                torch.mm(g_in.T, features, out=grad_w[k0 : k0 + chunk])
+                torch.mm(g.T, features, out=grad_w[k0 : k0 + chunk])
             elif grad_w is not None:  # low precision: subtract the target part in fp32 first
                 p = targets[:, :, k0 : k0 + chunk].reshape(-1, w.shape[0]).to(acc["dtype"])
                 tile = torch.mm(g.T, features.to(acc["dtype"]))
@@ -293,14 +336,98 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
             grad_w.addmm_(targets.reshape(-1, k).T, x.reshape(-1, x.shape[-1]), alpha=-1)
         if grad_f is not None:
             grad_f.sub_(row_scale[:, None] * pw)
-        return (
-            grad_f.to(features.dtype) if grad_f is not None else None,
-            grad_w,
-            None,
-            None,
-            None,
-            None,
-        )
+        return _input_grads(features, grad_f, grad_w, 7)
+
+
+def _saved_probs_forward(
+    features: Tensor,
+    prototypes: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+    inv_t: float,
+    chunk: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(loss, lse, target mass, probs)`` in one pass, keeping ``exp(s)`` ``[rows, K]``.
+
+    In full precision the target-logit dots are taken on each logits tile before its
+    ``exp`` (no ``p W`` product); in low precision, where the tile holds logits rounded by
+    the matmul, they come from the exact ``<f, p W>`` as on the streamed path (the same
+    loss either way). The unnormalised ``exp(s)`` tiles are kept chunk-major in one buffer.
+    ``probs`` is ``None`` where a row's sum overflowed or may have lost terms to underflow
+    (see :func:`_student_lse`): then the log-sum-exp of those rows is recomputed with a
+    running max and the caller streams the backward instead.
+    """
+    n_crops, n_teacher = weights.shape
+    b_t = targets.shape[1]
+    rows, k = features.shape[0], prototypes.shape[0]
+    acc = {"dtype": acc_dtype(features), "device": features.device}
+    f_in, scale = _scaled_features(features, inv_t)
+    fast = _fast_path(features, prototypes)
+    probs: Tensor | None = torch.empty(rows * k, **acc)
+    run_sum = torch.zeros(rows, **acc)
+    dots = torch.zeros(n_crops, b_t, n_teacher, **acc)
+    for k0 in range(0, k, chunk):
+        w = prototypes[k0 : k0 + chunk]
+        s = _logits_into(_tile(probs[rows * k0 :], rows, w.shape[0]), f_in, w, scale, None)
+        if fast:
+            q = targets[:, :, k0 : k0 + w.shape[0]].to(acc["dtype"])
+            # <s_(c, b), q_(t, b)> for every crop pair: a batch over images of [n, chunk] x
+            # [chunk, T] products (for iBOT's one-to-one targets, n = T = 1: row dots)
+            dots += torch.einsum("nbk,tbk->nbt", s.view(n_crops, b_t, -1), q)
+        run_sum.add_(s.exp_().sum(dim=1))
+    lse = run_sum.log()
+    redo = ~torch.isfinite(run_sum) | (run_sum < _UNDERFLOW_GUARD)
+    if bool(redo.any()):
+        lse[redo] = _online_logsumexp(f_in[redo], scale, prototypes, chunk)
+        probs = None
+    w_acc = weights.to(acc["dtype"])
+    mass_t = targets.sum(dim=2, dtype=acc["dtype"])
+    if not fast:
+        pw_t = _targets_times_prototypes(targets, prototypes, chunk)
+        _, mass, loss = _target_terms(weights, pw_t, mass_t, features, lse, inv_t)
+        return loss, lse, mass, probs
+    mass = (w_acc @ mass_t).reshape(-1)
+    loss = mass * lse - (dots * w_acc[:, None, :]).sum(dim=2).reshape(-1)
+    return loss, lse, mass, probs
+
+
+def _saved_probs_backward(ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
+    """Backward from the kept ``exp(s)``: per tile ``dL/dz = r (P softmax - p)`` with the
+    target part subtracted in the tile, then the two gradient matmuls -- three passes
+    over the prototypes in all (forward included) against the streamed path's six."""
+    features, prototypes, targets, weights, lse, mass, probs = ctx.saved_tensors
+    need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_f or need_w):
+        return None, None, None, None, None, None, None
+    n_crops, b_t = ctx.shape
+    chunk = ctx.chunk
+    rows, k = features.shape[0], prototypes.shape[0]
+    acc = {"dtype": lse.dtype, "device": features.device}
+    row_scale = grad_loss.to(lse.dtype) * (1.0 / ctx.student_temp)
+    # No overflow here: the forward kept these only where every row's sum of exp(s) was
+    # finite and not below exp(-60).
+    factor = (mass * row_scale * torch.exp(-lse))[:, None]
+    coef = weights.to(acc["dtype"])[:, :, None, None] * row_scale.view(n_crops, 1, b_t, 1)
+    pairs = [tuple(pair) for pair in weights.nonzero().tolist()]
+    fast = _fast_path(features, prototypes)
+    features_acc = features if fast else features.to(acc["dtype"])
+    g_buf = _tile_buffer(rows, chunk, **acc)
+    grad_f = torch.zeros(features.shape, **acc) if need_f else None
+    grad_w = torch.empty_like(prototypes) if need_w else None
+    for k0 in range(0, k, chunk):
+        w = prototypes[k0 : k0 + chunk]
+        c = w.shape[0]
+        g = torch.mul(_tile(probs[rows * k0 :], rows, c), factor, out=_tile(g_buf, rows, c))
+        q = targets[:, :, k0 : k0 + c]
+        g3 = g.view(n_crops, b_t, c)
+        for crop, teacher in pairs:  # the target part, in fp32 before any rounding
+            g3[crop].addcmul_(q[teacher], coef[crop, teacher], value=-1)
+        _add_feature_grad(grad_f, g, w, fast)
+        if grad_w is not None and fast:
+            torch.mm(g.T, features, out=grad_w[k0 : k0 + c])
+        elif grad_w is not None:
+            grad_w[k0 : k0 + c] = torch.mm(g.T, features_acc)
+    return _input_grads(features, grad_f, grad_w, 7)
 
 
 def _stream_targets(targets: PrototypeTargets, prototypes: Tensor) -> tuple[Tensor, ...]:
@@ -396,9 +523,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
             w = prototypes[k0 : k0 + chunk]
             c = w.shape[0]
             g = _softmax_grad_into(_tile(g_buf, rows, c), f_in, w, scale, shift, factor)
-            g_in = g if fast else g.to(features.dtype)
-            if grad_f is not None:
-                grad_f.addmm_(g_in, w) if fast else grad_f.add_(g_in @ w)
+            _add_feature_grad(grad_f, g, w, fast)
             if grad_w is not None and fast:
                 torch.mm(g.T, features, out=grad_w[k0 : k0 + c])
             elif grad_w is not None:
@@ -406,7 +531,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
                 tile = torch.mm(g.T, features_acc)
                 tile.addmm_(p.add_(t_shift[:, None]).exp_().T, x, alpha=-1)
                 grad_w[k0 : k0 + c] = tile
-        del g_buf, g, g_in  # free the student tile before the teacher's
+        del g_buf, g  # free the student tile before the teacher's
         if grad_w is not None and fast:  # the target part over larger teacher tiles
             t_chunk = default_chunk_size(t_rows, k)
             t_buf = _tile_buffer(t_rows, t_chunk, **acc)
@@ -416,14 +541,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
                 grad_w[k0 : k0 + c].addmm_(p.add_(t_shift[:, None]).exp_().T, x, alpha=-1)
         if grad_f is not None:
             grad_f.sub_(row_scale[:, None] * pw)
-        return (
-            grad_f.to(features.dtype) if grad_f is not None else None,
-            grad_w,
-            None,
-            None,
-            None,
-            None,
-        )
+        return _input_grads(features, grad_f, grad_w, 6)
 
 
 def prototype_cross_entropy(
@@ -434,6 +552,7 @@ def prototype_cross_entropy(
     impl: str = "auto",
     chunk_size: int | None = None,
     crop_weights: Tensor | None = None,
+    save_probs: bool | None = None,
 ) -> Tensor:
     """Per-row loss ``[B]`` (fp32): ``-(p * log_softmax(f @ W.T / student_temp)).sum(-1)``.
 
@@ -454,6 +573,12 @@ def prototype_cross_entropy(
     prototypes (in their own dtypes). The ``[B, K]`` logits are never
     materialised: the torch path works on ``[B, chunk_size]`` tiles (``None``: about 16 MiB
     of fp32 per tile), the Triton path on register tiles.
+
+    ``save_probs`` (torch path, dense targets): keep the ``[B, K]`` fp32 ``exp`` of the
+    logits from the forward for the backward instead of recomputing them -- three passes
+    of matmuls over the prototypes instead of six, for ``4 B K`` bytes. ``None`` keeps them
+    up to :data:`SAVE_PROBS_BYTES` (64 MiB: small batches, where recomputing costs more
+    than it saves) and streams above; lazy targets and the Triton path always stream.
     """
     fn = "prototype_cross_entropy"
     chunk = _check_head(fn, student_features, prototypes, chunk_size)
@@ -501,8 +626,16 @@ def prototype_cross_entropy(
             return _LazyTargetsCrossEntropy.apply(
                 student_features, prototypes, crop_weights, float(student_temp), chunk, lazy
             )
+        if save_probs is None:
+            save_probs = rows * k * 4 <= SAVE_PROBS_BYTES
         return _PrototypeCrossEntropy.apply(
-            student_features, prototypes, targets, crop_weights, float(student_temp), chunk
+            student_features,
+            prototypes,
+            targets,
+            crop_weights,
+            float(student_temp),
+            chunk,
+            bool(save_probs),
         )
 
 

@@ -43,12 +43,15 @@ TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat1
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("chunk_size", [64, None])
-def test_cross_entropy_matches_eager(dtype, shape, chunk_size) -> None:
+@pytest.mark.parametrize("save_probs", [False, True])
+def test_cross_entropy_matches_eager(dtype, shape, chunk_size, save_probs) -> None:
     f64, w64, _, p = head_inputs(*shape)
     f = f64.to(dtype).requires_grad_()
     w = w64.to(dtype).requires_grad_()
     weights = torch.rand(shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    loss = prototype_cross_entropy(f, p.to(dtype), w, 0.1, impl="torch", chunk_size=chunk_size)
+    loss = prototype_cross_entropy(
+        f, p.to(dtype), w, 0.1, impl="torch", chunk_size=chunk_size, save_probs=save_probs
+    )
     gf, gw = torch.autograd.grad((loss * weights.to(loss.dtype)).sum(), (f, w))
     # the reference sees the same (rounded) inputs
     want, want_gf, want_gw = eager_loss_and_grads(f, w, p.to(dtype), 0.1, weights)
@@ -73,7 +76,8 @@ def test_cross_entropy_unnormalised_targets_and_one_sided_grads() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("n_teacher", [1, 2, "dino"])
-def test_cross_entropy_crop_targets(n_teacher, dtype) -> None:
+@pytest.mark.parametrize("save_probs", [False, True])
+def test_cross_entropy_crop_targets(n_teacher, dtype, save_probs) -> None:
     """[T, B_t, K] targets: crop c of B_t images against sum_t weights[c, t] * p[t]."""
     g = torch.Generator().manual_seed(7)
     b_t, crops, k = 5, 3, 130
@@ -89,7 +93,7 @@ def test_cross_entropy_crop_targets(n_teacher, dtype) -> None:
     targets = p.to(dtype) if t > 1 else p[0].to(dtype)
     loss = prototype_cross_entropy(
         fr, targets, wr, 0.1, impl="torch", chunk_size=40,
-        crop_weights=weights if n_teacher == "dino" else None,
+        crop_weights=weights if n_teacher == "dino" else None, save_probs=save_probs,
     )  # fmt: skip
     gf, gw = torch.autograd.grad((loss * row_w.to(loss.dtype)).sum(), (fr, wr))
     dense = torch.einsum("ct,tbk->cbk", weights, p.to(dtype).double()).reshape(crops * b_t, k)
@@ -100,7 +104,8 @@ def test_cross_entropy_crop_targets(n_teacher, dtype) -> None:
     torch.testing.assert_close(gw.double(), want_gw, atol=2 * grad_tol, rtol=0)
 
 
-def test_cross_entropy_backward_inside_autocast() -> None:
+@pytest.mark.parametrize("save_probs", [False, True])
+def test_cross_entropy_backward_inside_autocast(save_probs) -> None:
     """fp32 parameters, bf16 autocast, backward called inside the autocast region (as a
     loss.backward() under ``with torch.autocast(...)`` does): grads match the bf16 eager ones."""
     g = torch.Generator().manual_seed(3)
@@ -108,7 +113,9 @@ def test_cross_entropy_backward_inside_autocast() -> None:
     w = F.normalize(torch.randn(70, 16, generator=g), dim=-1).requires_grad_()
     p = torch.softmax(torch.randn(2, 5, 70, generator=g) / 0.1, -1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = prototype_cross_entropy(f, p, w, 0.1, impl="torch", chunk_size=32).sum()
+        loss = prototype_cross_entropy(
+            f, p, w, 0.1, impl="torch", chunk_size=32, save_probs=save_probs
+        ).sum()
         loss.backward()
     dense = p.sum(0).repeat(2, 1).double()
     want, want_gf, want_gw = eager_loss_and_grads(
@@ -121,9 +128,11 @@ def test_cross_entropy_backward_inside_autocast() -> None:
 
 
 @pytest.mark.parametrize("case", ["overflow", "underflow"])
-def test_cross_entropy_extreme_logits_fall_back_to_running_max(monkeypatch, case) -> None:
+@pytest.mark.parametrize("save_probs", [False, True])
+def test_cross_entropy_extreme_logits_fall_back_to_running_max(monkeypatch, case, save_probs):
     """Rows whose unshifted exp() sums overflow (logits far above 88) or underflow (all
-    far below -87) are recomputed with a running max: loss and grads stay exact."""
+    far below -87) are recomputed with a running max: loss and grads stay exact (with
+    ``save_probs``, the backward then streams: the kept exp() values are not usable)."""
     calls = []
     exact = prototype_module._online_logsumexp
     monkeypatch.setattr(
@@ -142,7 +151,11 @@ def test_cross_entropy_extreme_logits_fall_back_to_running_max(monkeypatch, case
     for dtype in (torch.float64, torch.float32):
         calls.clear()
         fr, wr = f.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
-        loss = prototype_cross_entropy(fr, p.to(dtype), wr, 0.05, impl="torch", chunk_size=32)
+        loss = prototype_cross_entropy(
+            fr, p.to(dtype), wr, 0.05, impl="torch", chunk_size=32, save_probs=save_probs
+        )
+        if dtype == torch.float32:  # rows overflow / underflow: nothing kept
+            assert not loss.grad_fn.saved_probs
         gf, gw = torch.autograd.grad(loss.sum(), (fr, wr))
         want, want_gf, want_gw = eager_loss_and_grads(
             f, w, p, 0.05, torch.ones(6, dtype=torch.float64)
@@ -208,3 +221,21 @@ def test_targets_reject_bad_options() -> None:
 def test_default_chunk_keeps_tiles_small() -> None:
     assert default_chunk_size(1024, 65536) * 1024 * 4 <= 16 * 2**20
     assert default_chunk_size(3, 100) == 100
+
+
+def test_cross_entropy_keeps_probabilities_up_to_the_budget(monkeypatch) -> None:
+    """``save_probs=None`` keeps ``exp(s)`` while ``4 B K`` bytes fit SAVE_PROBS_BYTES and
+    streams above; both give the same loss and grads; lazy targets always stream."""
+    f, w, _, p = head_inputs(10, 16, 100)
+    results = {}
+    for budget, kept in ((4 * 10 * 100, True), (4 * 10 * 100 - 1, False)):
+        monkeypatch.setattr(prototype_module, "SAVE_PROBS_BYTES", budget)
+        fr, wr = f.clone().requires_grad_(), w.clone().requires_grad_()
+        loss = prototype_cross_entropy(fr, p, wr, 0.1, impl="torch", chunk_size=32)
+        assert loss.grad_fn.saved_probs is kept
+        results[kept] = (loss, *torch.autograd.grad(loss.sum(), (fr, wr)))
+    for a, b in zip(results[True], results[False], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    lazy = prototype_targets(f, w, 0.05, lazy=True)
+    loss = prototype_cross_entropy(f, lazy, w.clone().requires_grad_(), 0.1, save_probs=True)
+    assert not hasattr(loss.grad_fn, "saved_probs")
