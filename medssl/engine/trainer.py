@@ -102,6 +102,15 @@ def _make_fabric(train: Any) -> Any:
 
     precision = "32-true" if train.precision in ("32", "32-true") else train.precision
     accelerator = "cuda" if train.accelerator == "gpu" else train.accelerator
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if train.strategy == "fsdp" and on_cpu:
+        # Fabric's own message names its arguments, not the recipe's keys
+        raise ValueError(
+            "recipe key train.strategy: 'fsdp' shards the model over CUDA devices (Lightning "
+            f"Fabric's FSDP is GPU-only) and train.accelerator is {train.accelerator!r}"
+            f"{'' if accelerator == 'cpu' else ' with no CUDA device'}; on the CPU use "
+            "train.strategy=ddp (several processes) or auto"
+        )
     return Fabric(
         accelerator=accelerator,
         strategy=make_strategy(train.strategy),

@@ -269,3 +269,15 @@ def test_fsdp_strategy_shards_blocks_with_original_parameters() -> None:
     policy = strategy._fsdp_kwargs["auto_wrap_policy"]
     assert Block in policy._module_classes
     assert make_strategy("ddp") == "ddp"
+
+
+def test_fsdp_on_the_cpu_names_the_recipe_keys() -> None:
+    from types import SimpleNamespace
+
+    from medssl.engine.trainer import _make_fabric
+
+    train = SimpleNamespace(
+        precision="32", accelerator="cpu", strategy="fsdp", devices=2, num_nodes=1
+    )
+    with pytest.raises(ValueError, match=r"train.strategy: 'fsdp' .* train.accelerator is 'cpu'"):
+        _make_fabric(train)
