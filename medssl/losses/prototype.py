@@ -257,6 +257,10 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
     The forward takes ``exp`` of the logits unshifted (see :func:`_student_lse`: rows that
     overflow or may underflow are redone with a running max); the backward shifts by the
     row log-sum-exp only where that is needed (:func:`_grad_shift`).
+
+    With ``save_probs`` the forward keeps the ``exp`` tiles instead
+    (:func:`_saved_probs_forward`) and the backward reads them
+    (:func:`_saved_probs_backward`): no recomputation and no products with the targets.
     """
 
     @staticmethod
