@@ -25,7 +25,6 @@ from medssl.losses.dispatch import acc_dtype, check_2d, resolve_impl, without_au
 from medssl.losses.targets import PrototypeTargets, sinkhorn_shifts
 
 __all__ = [
-    "SAVE_PROBS_BYTES",
     "PrototypeTargets",
     "default_chunk_size",
     "prototype_cross_entropy",
@@ -39,16 +38,6 @@ CENTERINGS = ("softmax_center", "sinkhorn_knopp", "none")
 # on the shared 2-core CPU of benchmarks/RESULTS.md, 16 MiB tiles ran the DINO head 2x
 # faster than 4 MiB ones for 12 MiB more memory. chunk_size overrides it.
 _TILE_BYTES = 16 * 2**20
-
-
-# Up to this many bytes of fp32 ``[rows, K]`` probabilities the torch head keeps them from
-# the forward for the backward rather than recomputing them: below it, a recomputation
-# (and the separate target products it needs) costs more time than the memory is worth --
-# in the ViT-S training step of benchmarks/RESULTS.md (80 DINO + 148 iBOT rows, K =
-# 65,536) keeping them saves 3 of the 6 passes of matmuls over the prototypes. Above it
-# (the B = 1,024 rows of a real DINOv2 batch: 256 MiB) the head streams. ``save_probs``
-# overrides it per call.
-SAVE_PROBS_BYTES = 64 * 2**20
 
 
 def default_chunk_size(rows: int, k: int) -> int:
@@ -556,7 +545,7 @@ def prototype_cross_entropy(
     impl: str = "auto",
     chunk_size: int | None = None,
     crop_weights: Tensor | None = None,
-    save_probs: bool | None = None,
+    save_probs: bool = False,
 ) -> Tensor:
     """Per-row loss ``[B]`` (fp32): ``-(p * log_softmax(f @ W.T / student_temp)).sum(-1)``.
 
@@ -578,11 +567,12 @@ def prototype_cross_entropy(
     materialised: the torch path works on ``[B, chunk_size]`` tiles (``None``: about 16 MiB
     of fp32 per tile), the Triton path on register tiles.
 
-    ``save_probs`` (torch path, dense targets): keep the ``[B, K]`` fp32 ``exp`` of the
-    logits from the forward for the backward instead of recomputing them -- three passes
-    of matmuls over the prototypes instead of six, for ``4 B K`` bytes. ``None`` keeps them
-    up to :data:`SAVE_PROBS_BYTES` (64 MiB: small batches, where recomputing costs more
-    than it saves) and streams above; lazy targets and the Triton path always stream.
+    ``save_probs=True`` (torch path, dense targets; opt-in): keep the ``[B, K]`` fp32
+    ``exp`` of the logits from the forward for the backward instead of recomputing them --
+    three passes of matmuls over the prototypes instead of six, for ``4 B K`` bytes held
+    until the backward. Worth it for small heads on the CPU (a few hundred rows), where
+    that memory is small and the passes are most of the head's time. Lazy targets and the
+    Triton path always stream.
     """
     fn = "prototype_cross_entropy"
     chunk = _check_head(fn, student_features, prototypes, chunk_size)
@@ -630,8 +620,6 @@ def prototype_cross_entropy(
             return _LazyTargetsCrossEntropy.apply(
                 student_features, prototypes, crop_weights, float(student_temp), chunk, lazy
             )
-        if save_probs is None:
-            save_probs = rows * k * 4 <= SAVE_PROBS_BYTES
         return _PrototypeCrossEntropy.apply(
             student_features,
             prototypes,

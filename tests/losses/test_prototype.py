@@ -223,15 +223,15 @@ def test_default_chunk_keeps_tiles_small() -> None:
     assert default_chunk_size(3, 100) == 100
 
 
-def test_cross_entropy_keeps_probabilities_up_to_the_budget(monkeypatch) -> None:
-    """``save_probs=None`` keeps ``exp(s)`` while ``4 B K`` bytes fit SAVE_PROBS_BYTES and
-    streams above; both give the same loss and grads; lazy targets always stream."""
+def test_cross_entropy_keeps_probabilities_only_when_asked() -> None:
+    """The head streams by default (DESIGN: no more of [B, K] than it must); save_probs
+    keeps exp(s) with the same loss and grads; lazy targets always stream."""
     f, w, _, p = head_inputs(10, 16, 100)
     results = {}
-    for budget, kept in ((4 * 10 * 100, True), (4 * 10 * 100 - 1, False)):
-        monkeypatch.setattr(prototype_module, "SAVE_PROBS_BYTES", budget)
+    for kept in (False, True):
         fr, wr = f.clone().requires_grad_(), w.clone().requires_grad_()
-        loss = prototype_cross_entropy(fr, p, wr, 0.1, impl="torch", chunk_size=32)
+        kw = {"save_probs": True} if kept else {}
+        loss = prototype_cross_entropy(fr, p, wr, 0.1, impl="torch", chunk_size=32, **kw)
         assert loss.grad_fn.saved_probs is kept
         results[kept] = (loss, *torch.autograd.grad(loss.sum(), (fr, wr)))
     for a, b in zip(results[True], results[False], strict=True):
