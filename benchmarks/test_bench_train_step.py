@@ -34,9 +34,7 @@ from train_step_workload import BUILDERS, THREADS  # noqa: E402
 
 ROUNDS = 4
 PRECISIONS = ["32", "bf16-mixed"]
-# medssl_save_probs: objectives.{dino,ibot}.save_probs=true (opt-in), shown beside; the
-# targets are checked on medssl's defaults.
-IMPLS = ["lightly", "medssl", "medssl_save_probs"]
+IMPLS = ["lightly", "medssl"]
 TIMES: dict[tuple[str, str], float] = {}
 CPU: dict[tuple[str, str], float] = {}
 MEMORY: dict[tuple[str, str], float] = {}
@@ -85,13 +83,6 @@ def test_ratios(precision: str) -> None:
         pytest.skip("run with --benchmark-enable (both implementations measured)")
     time_ratio = TIMES[("medssl", precision)] / TIMES[("lightly", precision)]
     memory_ratio = MEMORY[("medssl", precision)] / MEMORY[("lightly", precision)]
-    kept = ("medssl_save_probs", precision)
-    print(
-        f"\n{precision}, save_probs=true: step {TIMES[kept]:.2f} s (ratio "
-        f"{TIMES[kept] / TIMES[('lightly', precision)]:.2f}), peak step tensor memory "
-        f"{MEMORY[kept]:.3f} GiB (ratio {MEMORY[kept] / MEMORY[('lightly', precision)]:.2f}),"
-        f" CPU s per step {CPU[kept]:.2f}"
-    )
     print(
         f"\n{precision}: step medssl {TIMES[('medssl', precision)]:.2f} s, lightly "
         f"{TIMES[('lightly', precision)]:.2f} s (ratio {time_ratio:.2f}); peak step tensor "

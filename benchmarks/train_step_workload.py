@@ -82,9 +82,8 @@ def allocator_peak_bytes(fn: Callable[[], None]) -> int:
     return peak
 
 
-def medssl_step(precision: str, save_probs: bool = False) -> Callable[[], None]:
-    """The medssl engine's step on fixed views, built from a recipe (``save_probs``: the
-    DINO and iBOT heads keep their probabilities for the backward, an opt-in option)."""
+def medssl_step(precision: str) -> Callable[[], None]:
+    """The medssl engine's step on fixed views, built from a recipe."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from medssl.config import resolve_recipe
     from medssl.engine.trainer import Trainer
@@ -110,8 +109,8 @@ def medssl_step(precision: str, save_probs: bool = False) -> Callable[[], None]:
             "drop_path_rate": DROP_PATH,
         },
         "objectives": {
-            "dino": {"prototypes": PROTOTYPES, "save_probs": save_probs},
-            "ibot": {"save_probs": save_probs},
+            "dino": {"prototypes": PROTOTYPES},
+            "ibot": {},
             "koleo": {"weight": 0.1},
         },
         "train": {
@@ -225,7 +224,6 @@ def lightly_step(precision: str) -> Callable[[], None]:
 
 BUILDERS: dict[str, Callable[[str], Callable[[], None]]] = {
     "medssl": medssl_step,
-    "medssl_save_probs": lambda precision: medssl_step(precision, save_probs=True),
     "lightly": lightly_step,
 }
 

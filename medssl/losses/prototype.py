@@ -158,26 +158,54 @@ def _online_logsumexp(f_in: Tensor, scale: float | None, prototypes: Tensor, chu
 _UNDERFLOW_GUARD = 8.7e-27
 
 
-def _student_lse(features: Tensor, prototypes: Tensor, inv_t: float, chunk: int) -> Tensor:
-    """Row log-sum-exp of ``features @ prototypes.T * inv_t``, tile by tile, unshifted:
-    ``exp`` straight on the logits (no max pass, no shift pass; the L2-normalised DINO
-    head's logits lie within +-1/tau). Rows whose sum overflowed or could have lost terms
-    to underflow are recomputed exactly with a running max."""
+def _student_pass(
+    features: Tensor,
+    prototypes: Tensor,
+    inv_t: float,
+    chunk: int,
+    targets: Tensor | None = None,
+    n_crops: int = 1,
+) -> tuple[Tensor, Tensor | None]:
+    """One pass over the prototypes: ``(lse, dots)``.
+
+    ``lse``: row log-sum-exp of ``features @ prototypes.T * inv_t``, tile by tile,
+    unshifted -- ``exp`` straight on the logits (no max pass, no shift pass; the
+    L2-normalised DINO head's logits lie within +-1/tau). Rows whose sum overflowed or
+    could have lost terms to underflow are recomputed exactly with a running max.
+
+    ``dots`` (with ``targets`` ``[T, B_t, K]``, rows ``n_crops x B_t`` crop-major):
+    ``<s_(c, b), targets[t, b]>`` ``[n_crops, B_t, T]``, taken on each logits tile before
+    its ``exp`` -- a batch over images of ``[n, chunk] x [chunk, T]`` products (row dots
+    for one-to-one targets) instead of a ``targets @ W`` matmul.
+    """
     rows, k = features.shape[0], prototypes.shape[0]
     acc = {"dtype": acc_dtype(features), "device": features.device}
     f_in, scale = _scaled_features(features, inv_t)
     s_buf = _tile_buffer(rows, chunk, **acc)
     run_sum = torch.zeros(rows, **acc)
+    dots = None
+    if targets is not None:
+        n_teacher, b_t = targets.shape[0], targets.shape[1]
+        dots = torch.zeros(n_crops, b_t, n_teacher, **acc)
     for k0 in range(0, k, chunk):
         w = prototypes[k0 : k0 + chunk]
-        s = _logits_into(_tile(s_buf, rows, w.shape[0]), f_in, w, scale, None)
+        c = w.shape[0]
+        s = _logits_into(_tile(s_buf, rows, c), f_in, w, scale, None)
+        if dots is not None:
+            q = targets[:, :, k0 : k0 + c].to(acc["dtype"])
+            dots += torch.einsum("nbk,tbk->nbt", s.view(n_crops, -1, c), q)
         run_sum.add_(s.exp_().sum(dim=1))
-    del s_buf, s
+    del s_buf
     lse = run_sum.log()
     redo = ~torch.isfinite(run_sum) | (run_sum < _UNDERFLOW_GUARD)
     if bool(redo.any()):
         lse[redo] = _online_logsumexp(f_in[redo], scale, prototypes, chunk)
-    return lse
+    return lse, dots
+
+
+def _student_lse(features: Tensor, prototypes: Tensor, inv_t: float, chunk: int) -> Tensor:
+    """The row log-sum-exp of :func:`_student_pass` alone."""
+    return _student_pass(features, prototypes, inv_t, chunk)[0]
 
 
 def _grad_shift(lse: Tensor, softmax_scale: Tensor) -> tuple[Tensor | None, Tensor]:
@@ -240,16 +268,21 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
     """Chunked torch path: one ``[B, chunk]`` tile at a time, never ``[B, K]``.
 
     Rows are ``n`` crops x ``B_t`` images; the target of crop c, image b is
-    ``sum_t weights[c, t] * targets[t, b]``. Everything that involves the targets is a
-    matmul over them (``p W`` for the target-logit dot and the feature gradient,
-    ``p^T (g f)`` for the prototype gradient), so the tiles carry only the softmax part.
-    The forward takes ``exp`` of the logits unshifted (see :func:`_student_lse`: rows that
-    overflow or may underflow are redone with a running max); the backward shifts by the
-    row log-sum-exp only where that is needed (:func:`_grad_shift`).
+    ``sum_t weights[c, t] * targets[t, b]``. The forward takes ``exp`` of the logits
+    unshifted (see :func:`_student_pass`: rows that overflow or may underflow are redone
+    with a running max); the backward recomputes each tile and shifts by the row
+    log-sum-exp only where that is needed (:func:`_grad_shift`). The targets enter in one
+    of two ways:
 
-    With ``save_probs`` the forward keeps the ``exp`` tiles instead
-    (:func:`_saved_probs_forward`) and the backward reads them
-    (:func:`_saved_probs_backward`): no recomputation and no products with the targets.
+    - **in the tiles** (full precision): the target-logit dots are taken on the forward's
+      logits tiles and the backward subtracts the target part inside each tile (a few
+      multiply-adds of ``[B_t, chunk]`` per tile) -- four passes of matmuls over the
+      prototypes. For iBOT's one-to-one targets this halves the target work of
+      products over the teacher rows, which cost as much as the student passes there.
+    - **products** (low precision, where the logits tiles are rounded by the matmul):
+      everything that involves the targets is a full-precision matmul over the teacher
+      rows (``p W`` for the target-logit dot and the feature gradient, ``p^T (g f)`` for
+      the prototype gradient), so the student tiles carry only the softmax part.
     """
 
     @staticmethod
@@ -261,39 +294,40 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         weights: Tensor,
         student_temp: float,
         chunk: int,
-        save_probs: bool = False,
     ) -> Tensor:
         n_crops, n_targets = weights.shape[0], targets.shape[1]
         ctx.student_temp = student_temp
         ctx.chunk = chunk
         ctx.shape = (n_crops, n_targets)
         inv_t = 1.0 / student_temp
-        ctx.saved_probs = False
-        if save_probs:
-            loss, lse, mass, probs = _saved_probs_forward(
-                features, prototypes, targets, weights, inv_t, chunk
-            )
-            if probs is not None:
-                ctx.saved_probs = True
-                ctx.save_for_backward(features, prototypes, targets, weights, lse, mass, probs)
-                return loss
-            # a row overflowed or may have underflowed: stream the backward instead
-        else:
-            lse = _student_lse(features, prototypes, inv_t, chunk)
-        pw_t = _targets_times_prototypes(targets, prototypes, chunk)
+        fast = _fast_path(features, prototypes, targets)
+        # In low precision the logits tiles are rounded by the matmul: the dots then come
+        # from the exact <f, p W> instead.
+        ctx.tile_targets = fast
+        lse, dots = _student_pass(
+            features, prototypes, inv_t, chunk, targets if fast else None, n_crops
+        )
         mass_t = targets.sum(dim=2, dtype=lse.dtype)
-        pw, mass, streamed_loss = _target_terms(weights, pw_t, mass_t, features, lse, inv_t)
+        w_acc = weights.to(lse.dtype)
+        if dots is not None:
+            mass = (w_acc @ mass_t).reshape(-1)
+            loss = mass * lse - (dots * w_acc[:, None, :]).sum(dim=2).reshape(-1)
+            pw = None
+        else:
+            pw_t = _targets_times_prototypes(targets, prototypes, chunk)
+            pw, mass, loss = _target_terms(weights, pw_t, mass_t, features, lse, inv_t)
         ctx.save_for_backward(features, prototypes, targets, weights, lse, mass, pw)
-        return loss if save_probs else streamed_loss
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        if ctx.saved_probs:
-            return without_autocast(_saved_probs_backward, ctx, grad_loss)
+        if ctx.tile_targets:
+            return without_autocast(_tile_targets_backward, ctx, grad_loss)
         return without_autocast(_PrototypeCrossEntropy._backward, ctx, grad_loss)
 
     @staticmethod
     def _backward(ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
+        """The products path (low precision; see the class docstring)."""
         features, prototypes, targets, weights, lse, mass, pw = ctx.saved_tensors
         need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_f or need_w):
@@ -309,117 +343,57 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         row_scale = grad_loss.to(lse.dtype) * inv_t
         shift, factor = _grad_shift(lse, (mass * row_scale)[:, None])
         rf = (row_scale[:, None] * features.to(acc["dtype"])).view(n_crops, n_targets, -1)
-        x = torch.einsum("ct,cbd->tbd", weights.to(acc["dtype"]), rf)
-        fast = _fast_path(features, prototypes, targets)
+        x = torch.einsum("ct,cbd->tbd", weights.to(acc["dtype"]), rf).reshape(-1, rf.shape[-1])
+        features_acc = features.to(acc["dtype"])
         g_buf = _tile_buffer(rows, chunk, **acc)
         grad_f = torch.zeros(features.shape, **acc) if need_f else None
         grad_w = torch.empty_like(prototypes) if need_w else None
         for k0 in range(0, k, chunk):
             w = prototypes[k0 : k0 + chunk]
             g = _softmax_grad_into(_tile(g_buf, rows, w.shape[0]), f_in, w, scale, shift, factor)
-            _add_feature_grad(grad_f, g, w, fast)
-            if grad_w is not None and fast:
-                torch.mm(g.T, features, out=grad_w[k0 : k0 + chunk])
-            elif grad_w is not None:  # low precision: subtract the target part in fp32 first
+            _add_feature_grad(grad_f, g, w, fast=False)
+            if grad_w is not None:  # the target part subtracted in full precision first
                 p = targets[:, :, k0 : k0 + chunk].reshape(-1, w.shape[0]).to(acc["dtype"])
-                tile = torch.mm(g.T, features.to(acc["dtype"]))
-                tile.addmm_(p.T, x.reshape(-1, x.shape[-1]), alpha=-1)
+                tile = torch.mm(g.T, features_acc)
+                tile.addmm_(p.T, x, alpha=-1)
                 grad_w[k0 : k0 + chunk] = tile
-        if grad_w is not None and fast:
-            grad_w.addmm_(targets.reshape(-1, k).T, x.reshape(-1, x.shape[-1]), alpha=-1)
         if grad_f is not None:
             grad_f.sub_(row_scale[:, None] * pw)
         return _input_grads(features, grad_f, grad_w, 7)
 
 
-def _saved_probs_forward(
-    features: Tensor,
-    prototypes: Tensor,
-    targets: Tensor,
-    weights: Tensor,
-    inv_t: float,
-    chunk: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """``(loss, lse, target mass, probs)`` in one pass, keeping ``exp(s)`` ``[rows, K]``.
-
-    In full precision the target-logit dots are taken on each logits tile before its
-    ``exp`` (no ``p W`` product); in low precision, where the tile holds logits rounded by
-    the matmul, they come from the exact ``<f, p W>`` as on the streamed path (the same
-    loss either way). The unnormalised ``exp(s)`` tiles are kept chunk-major in one buffer.
-    ``probs`` is ``None`` where a row's sum overflowed or may have lost terms to underflow
-    (see :func:`_student_lse`): then the log-sum-exp of those rows is recomputed with a
-    running max and the caller streams the backward instead.
-    """
-    n_crops, n_teacher = weights.shape
-    b_t = targets.shape[1]
-    rows, k = features.shape[0], prototypes.shape[0]
-    acc = {"dtype": acc_dtype(features), "device": features.device}
-    f_in, scale = _scaled_features(features, inv_t)
-    fast = _fast_path(features, prototypes)
-    probs: Tensor | None = torch.empty(rows * k, **acc)
-    run_sum = torch.zeros(rows, **acc)
-    dots = torch.zeros(n_crops, b_t, n_teacher, **acc)
-    for k0 in range(0, k, chunk):
-        w = prototypes[k0 : k0 + chunk]
-        s = _logits_into(_tile(probs[rows * k0 :], rows, w.shape[0]), f_in, w, scale, None)
-        if fast:
-            q = targets[:, :, k0 : k0 + w.shape[0]].to(acc["dtype"])
-            # <s_(c, b), q_(t, b)> for every crop pair: a batch over images of [n, chunk] x
-            # [chunk, T] products (for iBOT's one-to-one targets, n = T = 1: row dots)
-            dots += torch.einsum("nbk,tbk->nbt", s.view(n_crops, b_t, -1), q)
-        run_sum.add_(s.exp_().sum(dim=1))
-    lse = run_sum.log()
-    redo = ~torch.isfinite(run_sum) | (run_sum < _UNDERFLOW_GUARD)
-    if bool(redo.any()):
-        lse[redo] = _online_logsumexp(f_in[redo], scale, prototypes, chunk)
-        probs = None
-    w_acc = weights.to(acc["dtype"])
-    mass_t = targets.sum(dim=2, dtype=acc["dtype"])
-    if not fast:
-        pw_t = _targets_times_prototypes(targets, prototypes, chunk)
-        _, mass, loss = _target_terms(weights, pw_t, mass_t, features, lse, inv_t)
-        return loss, lse, mass, probs
-    mass = (w_acc @ mass_t).reshape(-1)
-    loss = mass * lse - (dots * w_acc[:, None, :]).sum(dim=2).reshape(-1)
-    return loss, lse, mass, probs
-
-
-def _saved_probs_backward(ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
-    """Backward from the kept ``exp(s)``: per tile ``dL/dz = r (P softmax - p)`` with the
-    target part subtracted in the tile, then the two gradient matmuls -- three passes
-    over the prototypes in all (forward included) against the streamed path's six."""
-    features, prototypes, targets, weights, lse, mass, probs = ctx.saved_tensors
+def _tile_targets_backward(ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
+    """Backward with the targets inside the tiles: per tile ``dL/dz = r (P softmax - p)``
+    -- the softmax part recomputed, the target part subtracted -- then the two gradient
+    matmuls."""
+    features, prototypes, targets, weights, lse, mass, _ = ctx.saved_tensors
     need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if not (need_f or need_w):
         return None, None, None, None, None, None, None
     n_crops, b_t = ctx.shape
     chunk = ctx.chunk
+    inv_t = 1.0 / ctx.student_temp
     rows, k = features.shape[0], prototypes.shape[0]
     acc = {"dtype": lse.dtype, "device": features.device}
-    row_scale = grad_loss.to(lse.dtype) * (1.0 / ctx.student_temp)
-    # No overflow here: the forward kept these only where every row's sum of exp(s) was
-    # finite and not below exp(-60).
-    factor = (mass * row_scale * torch.exp(-lse))[:, None]
+    row_scale = grad_loss.to(lse.dtype) * inv_t
+    shift, factor = _grad_shift(lse, (mass * row_scale)[:, None])
+    f_in, scale = _scaled_features(features, inv_t)
     coef = weights.to(acc["dtype"])[:, :, None, None] * row_scale.view(n_crops, 1, b_t, 1)
     pairs = [tuple(pair) for pair in weights.nonzero().tolist()]
-    fast = _fast_path(features, prototypes)
-    features_acc = features if fast else features.to(acc["dtype"])
     g_buf = _tile_buffer(rows, chunk, **acc)
     grad_f = torch.zeros(features.shape, **acc) if need_f else None
     grad_w = torch.empty_like(prototypes) if need_w else None
     for k0 in range(0, k, chunk):
         w = prototypes[k0 : k0 + chunk]
         c = w.shape[0]
-        g = torch.mul(_tile(probs[rows * k0 :], rows, c), factor, out=_tile(g_buf, rows, c))
+        g = _softmax_grad_into(_tile(g_buf, rows, c), f_in, w, scale, shift, factor)
         q = targets[:, :, k0 : k0 + c]
         g3 = g.view(n_crops, b_t, c)
-        for crop, teacher in pairs:  # the target part, in fp32 before any rounding
+        for crop, teacher in pairs:
             g3[crop].addcmul_(q[teacher], coef[crop, teacher], value=-1)
-        _add_feature_grad(grad_f, g, w, fast)
-        if grad_w is not None and fast:
+        _add_feature_grad(grad_f, g, w, fast=True)
+        if grad_w is not None:
             torch.mm(g.T, features, out=grad_w[k0 : k0 + c])
-        elif grad_w is not None:
-            grad_w[k0 : k0 + c] = torch.mm(g.T, features_acc)
     return _input_grads(features, grad_f, grad_w, 7)
 
 
@@ -545,7 +519,6 @@ def prototype_cross_entropy(
     impl: str = "auto",
     chunk_size: int | None = None,
     crop_weights: Tensor | None = None,
-    save_probs: bool = False,
 ) -> Tensor:
     """Per-row loss ``[B]`` (fp32): ``-(p * log_softmax(f @ W.T / student_temp)).sum(-1)``.
 
@@ -566,13 +539,6 @@ def prototype_cross_entropy(
     prototypes (in their own dtypes). The ``[B, K]`` logits are never
     materialised: the torch path works on ``[B, chunk_size]`` tiles (``None``: about 16 MiB
     of fp32 per tile), the Triton path on register tiles.
-
-    ``save_probs=True`` (torch path, dense targets; opt-in): keep the ``[B, K]`` fp32
-    ``exp`` of the logits from the forward for the backward instead of recomputing them --
-    three passes of matmuls over the prototypes instead of six, for ``4 B K`` bytes held
-    until the backward. Worth it for small heads on the CPU (a few hundred rows), where
-    that memory is small and the passes are most of the head's time. Lazy targets and the
-    Triton path always stream.
     """
     fn = "prototype_cross_entropy"
     chunk = _check_head(fn, student_features, prototypes, chunk_size)
@@ -627,7 +593,6 @@ def prototype_cross_entropy(
             crop_weights,
             float(student_temp),
             chunk,
-            bool(save_probs),
         )
 
 

@@ -43,15 +43,12 @@ TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat1
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("chunk_size", [64, None])
-@pytest.mark.parametrize("save_probs", [False, True])
-def test_cross_entropy_matches_eager(dtype, shape, chunk_size, save_probs) -> None:
+def test_cross_entropy_matches_eager(dtype, shape, chunk_size) -> None:
     f64, w64, _, p = head_inputs(*shape)
     f = f64.to(dtype).requires_grad_()
     w = w64.to(dtype).requires_grad_()
     weights = torch.rand(shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    loss = prototype_cross_entropy(
-        f, p.to(dtype), w, 0.1, impl="torch", chunk_size=chunk_size, save_probs=save_probs
-    )
+    loss = prototype_cross_entropy(f, p.to(dtype), w, 0.1, impl="torch", chunk_size=chunk_size)
     gf, gw = torch.autograd.grad((loss * weights.to(loss.dtype)).sum(), (f, w))
     # the reference sees the same (rounded) inputs
     want, want_gf, want_gw = eager_loss_and_grads(f, w, p.to(dtype), 0.1, weights)
@@ -76,8 +73,7 @@ def test_cross_entropy_unnormalised_targets_and_one_sided_grads() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("n_teacher", [1, 2, "dino"])
-@pytest.mark.parametrize("save_probs", [False, True])
-def test_cross_entropy_crop_targets(n_teacher, dtype, save_probs) -> None:
+def test_cross_entropy_crop_targets(n_teacher, dtype) -> None:
     """[T, B_t, K] targets: crop c of B_t images against sum_t weights[c, t] * p[t]."""
     g = torch.Generator().manual_seed(7)
     b_t, crops, k = 5, 3, 130
@@ -93,7 +89,7 @@ def test_cross_entropy_crop_targets(n_teacher, dtype, save_probs) -> None:
     targets = p.to(dtype) if t > 1 else p[0].to(dtype)
     loss = prototype_cross_entropy(
         fr, targets, wr, 0.1, impl="torch", chunk_size=40,
-        crop_weights=weights if n_teacher == "dino" else None, save_probs=save_probs,
+        crop_weights=weights if n_teacher == "dino" else None,
     )  # fmt: skip
     gf, gw = torch.autograd.grad((loss * row_w.to(loss.dtype)).sum(), (fr, wr))
     dense = torch.einsum("ct,tbk->cbk", weights, p.to(dtype).double()).reshape(crops * b_t, k)
@@ -104,8 +100,7 @@ def test_cross_entropy_crop_targets(n_teacher, dtype, save_probs) -> None:
     torch.testing.assert_close(gw.double(), want_gw, atol=2 * grad_tol, rtol=0)
 
 
-@pytest.mark.parametrize("save_probs", [False, True])
-def test_cross_entropy_backward_inside_autocast(save_probs) -> None:
+def test_cross_entropy_backward_inside_autocast() -> None:
     """fp32 parameters, bf16 autocast, backward called inside the autocast region (as a
     loss.backward() under ``with torch.autocast(...)`` does): grads match the bf16 eager ones."""
     g = torch.Generator().manual_seed(3)
@@ -113,9 +108,7 @@ def test_cross_entropy_backward_inside_autocast(save_probs) -> None:
     w = F.normalize(torch.randn(70, 16, generator=g), dim=-1).requires_grad_()
     p = torch.softmax(torch.randn(2, 5, 70, generator=g) / 0.1, -1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = prototype_cross_entropy(
-            f, p, w, 0.1, impl="torch", chunk_size=32, save_probs=save_probs
-        ).sum()
+        loss = prototype_cross_entropy(f, p, w, 0.1, impl="torch", chunk_size=32).sum()
         loss.backward()
     dense = p.sum(0).repeat(2, 1).double()
     want, want_gf, want_gw = eager_loss_and_grads(
@@ -128,11 +121,9 @@ def test_cross_entropy_backward_inside_autocast(save_probs) -> None:
 
 
 @pytest.mark.parametrize("case", ["overflow", "underflow"])
-@pytest.mark.parametrize("save_probs", [False, True])
-def test_cross_entropy_extreme_logits_fall_back_to_running_max(monkeypatch, case, save_probs):
+def test_cross_entropy_extreme_logits_fall_back_to_running_max(monkeypatch, case) -> None:
     """Rows whose unshifted exp() sums overflow (logits far above 88) or underflow (all
-    far below -87) are recomputed with a running max: loss and grads stay exact (with
-    ``save_probs``, the backward then streams: the kept exp() values are not usable)."""
+    far below -87) are recomputed with a running max: loss and grads stay exact."""
     calls = []
     exact = prototype_module._online_logsumexp
     monkeypatch.setattr(
@@ -151,11 +142,7 @@ def test_cross_entropy_extreme_logits_fall_back_to_running_max(monkeypatch, case
     for dtype in (torch.float64, torch.float32):
         calls.clear()
         fr, wr = f.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
-        loss = prototype_cross_entropy(
-            fr, p.to(dtype), wr, 0.05, impl="torch", chunk_size=32, save_probs=save_probs
-        )
-        if dtype == torch.float32:  # rows overflow / underflow: nothing kept
-            assert not loss.grad_fn.saved_probs
+        loss = prototype_cross_entropy(fr, p.to(dtype), wr, 0.05, impl="torch", chunk_size=32)
         gf, gw = torch.autograd.grad(loss.sum(), (fr, wr))
         want, want_gf, want_gw = eager_loss_and_grads(
             f, w, p, 0.05, torch.ones(6, dtype=torch.float64)
@@ -223,19 +210,16 @@ def test_default_chunk_keeps_tiles_small() -> None:
     assert default_chunk_size(3, 100) == 100
 
 
-def test_cross_entropy_keeps_probabilities_only_when_asked() -> None:
-    """The head streams by default (DESIGN: no more of [B, K] than it must); save_probs
-    keeps exp(s) with the same loss and grads; lazy targets always stream."""
-    f, w, _, p = head_inputs(10, 16, 100)
-    results = {}
-    for kept in (False, True):
-        fr, wr = f.clone().requires_grad_(), w.clone().requires_grad_()
-        kw = {"save_probs": True} if kept else {}
-        loss = prototype_cross_entropy(fr, p, wr, 0.1, impl="torch", chunk_size=32, **kw)
-        assert loss.grad_fn.saved_probs is kept
-        results[kept] = (loss, *torch.autograd.grad(loss.sum(), (fr, wr)))
-    for a, b in zip(results[True], results[False], strict=True):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
-    lazy = prototype_targets(f, w, 0.05, lazy=True)
-    loss = prototype_cross_entropy(f, lazy, w.clone().requires_grad_(), 0.1, save_probs=True)
-    assert not hasattr(loss.grad_fn, "saved_probs")
+def test_cross_entropy_takes_targets_inside_the_tiles_in_full_precision() -> None:
+    """fp32/fp64: the targets enter the forward's and the backward's tiles, one-to-one
+    (iBOT) or shared by crops (DINO); low precision keeps the products over the teacher
+    rows. Both agree with the eager formula (tests above)."""
+    f, w, _, p = head_inputs(12, 16, 100)
+    one_to_one = prototype_cross_entropy(f, p, w.clone().requires_grad_(), 0.1, impl="torch")
+    assert one_to_one.grad_fn.tile_targets
+    crops = prototype_cross_entropy(f, p[:6], w.clone().requires_grad_(), 0.1, impl="torch")
+    assert crops.grad_fn.tile_targets
+    low = prototype_cross_entropy(
+        f.bfloat16(), p.bfloat16(), w.bfloat16().requires_grad_(), 0.1, impl="torch"
+    )
+    assert not low.grad_fn.tile_targets

@@ -65,13 +65,6 @@ class TeacherOptions(BaseModel):
         "them tile by tile (medssl.losses.PrototypeTargets; saves rows x prototypes x 4 bytes "
         "for one more pass of teacher logits)",
     )
-    save_probs: bool = Field(
-        False,
-        description="keep the student head's [rows, prototypes] probabilities from the "
-        "forward to the backward instead of recomputing them (rows x prototypes x 4 bytes "
-        "per loss call; three passes of matmuls over the prototypes instead of six): for "
-        "small batches on the CPU (torch path, dense targets)",
-    )
 
 
 class HeadOptions(BaseModel):
@@ -170,7 +163,6 @@ class _SelfDistillation(ConfiguredObjective):
             self.options.student_temp,
             impl=self.options.impl,
             crop_weights=crop_weights,
-            save_probs=self.options.save_probs,
         )
 
 
