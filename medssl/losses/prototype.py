@@ -122,19 +122,6 @@ def _fast_path(*tensors: Tensor) -> bool:
     return len({t.dtype for t in tensors}) == 1 and tensors[0].dtype == acc_dtype(tensors[0])
 
 
-def _targets_times_prototypes(targets: Tensor, prototypes: Tensor, chunk: int) -> Tensor:
-    """``targets[t] @ prototypes`` for every teacher crop t: ``[T, B_t, D]`` in acc_dtype."""
-    t, b_t, k = targets.shape
-    dtype = acc_dtype(prototypes)
-    if _fast_path(targets, prototypes):
-        return (targets.reshape(t * b_t, k) @ prototypes).view(t, b_t, -1)
-    pw = torch.zeros(t * b_t, prototypes.shape[1], dtype=dtype, device=prototypes.device)
-    for k0 in range(0, k, chunk):  # convert tile by tile, never the whole of either
-        p = targets[:, :, k0 : k0 + chunk].reshape(t * b_t, -1).to(dtype)
-        pw.addmm_(p, prototypes[k0 : k0 + chunk].to(dtype))
-    return pw.view(t, b_t, -1)
-
-
 def _online_logsumexp(f_in: Tensor, scale: float | None, prototypes: Tensor, chunk: int) -> Tensor:
     """Row log-sum-exp of the logits with a running max (exact for any range of logits)."""
     rows = f_in.shape[0]
@@ -270,19 +257,17 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
     Rows are ``n`` crops x ``B_t`` images; the target of crop c, image b is
     ``sum_t weights[c, t] * targets[t, b]``. The forward takes ``exp`` of the logits
     unshifted (see :func:`_student_pass`: rows that overflow or may underflow are redone
-    with a running max); the backward recomputes each tile and shifts by the row
-    log-sum-exp only where that is needed (:func:`_grad_shift`). The targets enter in one
-    of two ways:
+    with a running max) and the target-logit dots on the same tiles; the backward
+    recomputes each tile, shifts by the row log-sum-exp only where that is needed
+    (:func:`_grad_shift`), subtracts the target part inside the tile (a few multiply-adds
+    of ``[B_t, chunk]``) and feeds the two gradient matmuls: four passes of matmuls over
+    the prototypes, as eager's three plus the recomputation. (Products with the targets
+    over the teacher rows instead -- ``p W``, ``p^T (g f)`` -- would add two more, as
+    large as the student's for iBOT's one-to-one targets.)
 
-    - **in the tiles** (full precision): the target-logit dots are taken on the forward's
-      logits tiles and the backward subtracts the target part inside each tile (a few
-      multiply-adds of ``[B_t, chunk]`` per tile) -- four passes of matmuls over the
-      prototypes. For iBOT's one-to-one targets this halves the target work of
-      products over the teacher rows, which cost as much as the student passes there.
-    - **products** (low precision, where the logits tiles are rounded by the matmul):
-      everything that involves the targets is a full-precision matmul over the teacher
-      rows (``p W`` for the target-logit dot and the feature gradient, ``p^T (g f)`` for
-      the prototype gradient), so the student tiles carry only the softmax part.
+    In low precision the logits tiles hold what the matmul rounded, in fp32, and the
+    softmax, the dots and the target subtraction are fp32 on them; each gradient tile is
+    rounded once, for the two matmuls (what eager autocast computes).
     """
 
     @staticmethod
@@ -295,106 +280,55 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
         student_temp: float,
         chunk: int,
     ) -> Tensor:
-        n_crops, n_targets = weights.shape[0], targets.shape[1]
+        n_crops = weights.shape[0]
+        inv_t = 1.0 / student_temp
+        lse, dots = _student_pass(features, prototypes, inv_t, chunk, targets, n_crops)
+        w_acc = weights.to(lse.dtype)
+        mass = (w_acc @ targets.sum(dim=2, dtype=lse.dtype)).reshape(-1)
+        loss = mass * lse - (dots * w_acc[:, None, :]).sum(dim=2).reshape(-1)
+        ctx.save_for_backward(features, prototypes, targets, weights, lse, mass)
         ctx.student_temp = student_temp
         ctx.chunk = chunk
-        ctx.shape = (n_crops, n_targets)
-        inv_t = 1.0 / student_temp
-        fast = _fast_path(features, prototypes, targets)
-        # In low precision the logits tiles are rounded by the matmul: the dots then come
-        # from the exact <f, p W> instead.
-        ctx.tile_targets = fast
-        lse, dots = _student_pass(
-            features, prototypes, inv_t, chunk, targets if fast else None, n_crops
-        )
-        mass_t = targets.sum(dim=2, dtype=lse.dtype)
-        w_acc = weights.to(lse.dtype)
-        if dots is not None:
-            mass = (w_acc @ mass_t).reshape(-1)
-            loss = mass * lse - (dots * w_acc[:, None, :]).sum(dim=2).reshape(-1)
-            pw = None
-        else:
-            pw_t = _targets_times_prototypes(targets, prototypes, chunk)
-            pw, mass, loss = _target_terms(weights, pw_t, mass_t, features, lse, inv_t)
-        ctx.save_for_backward(features, prototypes, targets, weights, lse, mass, pw)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        if ctx.tile_targets:
-            return without_autocast(_tile_targets_backward, ctx, grad_loss)
         return without_autocast(_PrototypeCrossEntropy._backward, ctx, grad_loss)
 
     @staticmethod
     def _backward(ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
-        """The products path (low precision; see the class docstring)."""
-        features, prototypes, targets, weights, lse, mass, pw = ctx.saved_tensors
+        features, prototypes, targets, weights, lse, mass = ctx.saved_tensors
         need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_f or need_w):
-            return None, None, None, None, None, None, None
-        inv_t = 1.0 / ctx.student_temp
+            return None, None, None, None, None, None
+        n_crops, b_t = weights.shape[0], targets.shape[1]
         chunk = ctx.chunk
-        n_crops, n_targets = ctx.shape
+        inv_t = 1.0 / ctx.student_temp
         rows, k = features.shape[0], prototypes.shape[0]
         acc = {"dtype": lse.dtype, "device": features.device}
-        f_in, scale = _scaled_features(features, inv_t)
-        # dL/dz_bk = r_b (P_b softmax_bk - p_bk), r_b = g_b / tau, z = f W^T. The p part:
-        # grad_f -= r p W;  grad_W -= sum_t targets[t]^T x_t, x_t = sum_c weights[c, t] r f
+        # dL/dz_bk = r_b (P_b softmax_bk - p_bk), r_b = g_b / tau, z = f W^T
         row_scale = grad_loss.to(lse.dtype) * inv_t
         shift, factor = _grad_shift(lse, (mass * row_scale)[:, None])
-        rf = (row_scale[:, None] * features.to(acc["dtype"])).view(n_crops, n_targets, -1)
-        x = torch.einsum("ct,cbd->tbd", weights.to(acc["dtype"]), rf).reshape(-1, rf.shape[-1])
-        features_acc = features.to(acc["dtype"])
+        f_in, scale = _scaled_features(features, inv_t)
+        coef = weights.to(acc["dtype"])[:, :, None, None] * row_scale.view(n_crops, 1, b_t, 1)
+        pairs = [tuple(pair) for pair in weights.nonzero().tolist()]
         g_buf = _tile_buffer(rows, chunk, **acc)
         grad_f = torch.zeros(features.shape, **acc) if need_f else None
         grad_w = torch.empty_like(prototypes) if need_w else None
         for k0 in range(0, k, chunk):
             w = prototypes[k0 : k0 + chunk]
-            g = _softmax_grad_into(_tile(g_buf, rows, w.shape[0]), f_in, w, scale, shift, factor)
-            _add_feature_grad(grad_f, g, w, fast=False)
-            if grad_w is not None:  # the target part subtracted in full precision first
-                p = targets[:, :, k0 : k0 + chunk].reshape(-1, w.shape[0]).to(acc["dtype"])
-                tile = torch.mm(g.T, features_acc)
-                tile.addmm_(p.T, x, alpha=-1)
-                grad_w[k0 : k0 + chunk] = tile
-        if grad_f is not None:
-            grad_f.sub_(row_scale[:, None] * pw)
-        return _input_grads(features, grad_f, grad_w, 7)
-
-
-def _tile_targets_backward(ctx, grad_loss: Tensor):  # type: ignore[no-untyped-def]
-    """Backward with the targets inside the tiles: per tile ``dL/dz = r (P softmax - p)``
-    -- the softmax part recomputed, the target part subtracted -- then the two gradient
-    matmuls."""
-    features, prototypes, targets, weights, lse, mass, _ = ctx.saved_tensors
-    need_f, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    if not (need_f or need_w):
-        return None, None, None, None, None, None, None
-    n_crops, b_t = ctx.shape
-    chunk = ctx.chunk
-    inv_t = 1.0 / ctx.student_temp
-    rows, k = features.shape[0], prototypes.shape[0]
-    acc = {"dtype": lse.dtype, "device": features.device}
-    row_scale = grad_loss.to(lse.dtype) * inv_t
-    shift, factor = _grad_shift(lse, (mass * row_scale)[:, None])
-    f_in, scale = _scaled_features(features, inv_t)
-    coef = weights.to(acc["dtype"])[:, :, None, None] * row_scale.view(n_crops, 1, b_t, 1)
-    pairs = [tuple(pair) for pair in weights.nonzero().tolist()]
-    g_buf = _tile_buffer(rows, chunk, **acc)
-    grad_f = torch.zeros(features.shape, **acc) if need_f else None
-    grad_w = torch.empty_like(prototypes) if need_w else None
-    for k0 in range(0, k, chunk):
-        w = prototypes[k0 : k0 + chunk]
-        c = w.shape[0]
-        g = _softmax_grad_into(_tile(g_buf, rows, c), f_in, w, scale, shift, factor)
-        q = targets[:, :, k0 : k0 + c]
-        g3 = g.view(n_crops, b_t, c)
-        for crop, teacher in pairs:
-            g3[crop].addcmul_(q[teacher], coef[crop, teacher], value=-1)
-        _add_feature_grad(grad_f, g, w, fast=True)
-        if grad_w is not None:
-            torch.mm(g.T, features, out=grad_w[k0 : k0 + c])
-    return _input_grads(features, grad_f, grad_w, 7)
+            c = w.shape[0]
+            g = _softmax_grad_into(_tile(g_buf, rows, c), f_in, w, scale, shift, factor)
+            q = targets[:, :, k0 : k0 + c]
+            g3 = g.view(n_crops, b_t, c)
+            for crop, teacher in pairs:
+                g3[crop].addcmul_(q[teacher], coef[crop, teacher], value=-1)
+            g_in = g if g.dtype == features.dtype else g.to(features.dtype)
+            if grad_f is not None:
+                grad_f.addmm_(g_in, w) if g_in is g else grad_f.add_(g_in @ w)
+            if grad_w is not None:
+                torch.mm(g_in.T, features, out=grad_w[k0 : k0 + c])
+        return _input_grads(features, grad_f, grad_w, 6)
 
 
 def _stream_targets(targets: PrototypeTargets, prototypes: Tensor) -> tuple[Tensor, ...]:

@@ -208,18 +208,3 @@ def test_targets_reject_bad_options() -> None:
 def test_default_chunk_keeps_tiles_small() -> None:
     assert default_chunk_size(1024, 65536) * 1024 * 4 <= 16 * 2**20
     assert default_chunk_size(3, 100) == 100
-
-
-def test_cross_entropy_takes_targets_inside_the_tiles_in_full_precision() -> None:
-    """fp32/fp64: the targets enter the forward's and the backward's tiles, one-to-one
-    (iBOT) or shared by crops (DINO); low precision keeps the products over the teacher
-    rows. Both agree with the eager formula (tests above)."""
-    f, w, _, p = head_inputs(12, 16, 100)
-    one_to_one = prototype_cross_entropy(f, p, w.clone().requires_grad_(), 0.1, impl="torch")
-    assert one_to_one.grad_fn.tile_targets
-    crops = prototype_cross_entropy(f, p[:6], w.clone().requires_grad_(), 0.1, impl="torch")
-    assert crops.grad_fn.tile_targets
-    low = prototype_cross_entropy(
-        f.bfloat16(), p.bfloat16(), w.bfloat16().requires_grad_(), 0.1, impl="torch"
-    )
-    assert not low.grad_fn.tile_targets

@@ -65,7 +65,10 @@ def test_view_groups_rows_like_a_tensor() -> None:
 
 # fp64 exact; fp32: the tiles' fp32 arithmetic; bf16 (autocast-style casts): the same
 # bf16 logits on both sides, so only the summation order differs.
-TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 1e-3}
+# bf16: the dense path takes its target dots on the matmul-rounded logits tiles and
+# rounds each gradient tile once (as eager autocast), the lazy path's are exact products
+# with the targets: they differ by bf16 rounding (2^-8 of logits up to 10, grads in bf16).
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 5e-2}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
