@@ -7,7 +7,8 @@ lightly-ai/lightly): ``MaskedVisionTransformerTIMM`` student and teacher, separa
 from ``random_block_mask`` on every global crop, AdamW over all parameters, weight-decay
 schedule, and ``update_momentum`` EMA of backbone and heads. medssl runs the step its
 engine runs (``Trainer.forward_backward`` + ``Trainer.optimizer_step``) from a recipe
-with the same model, crops, prototypes, optimiser and precision.
+with the same model, crops, prototypes, optimiser and precision (no gradient clipping,
+as lightly's example).
 
 Both steps start from views made beforehand (the augmentation is not part of the step:
 lightly's happens in DataLoader workers, medssl's on the device before the forward).
@@ -118,6 +119,9 @@ def medssl_step(precision: str) -> Callable[[], None]:
             "steps": 100,
             "lr": LR,
             "warmup_epochs": 0,
+            # lightly's example does not clip gradients (DINOv2, and medssl's default, clip
+            # at 3.0): the same update rule on both sides
+            "clip_grad": None,
             "threads": THREADS,
             "precision": precision,
             "accelerator": "cpu",
