@@ -231,15 +231,15 @@ def _target_terms(
     return pw, mass, mass * lse - dot
 
 
-def _add_feature_grad(grad_f: Tensor | None, g: Tensor, w: Tensor, fast: bool) -> None:
-    """``grad_f += g @ w`` for one tile; in low precision ``g`` is rounded to the
-    prototypes' dtype for the matmul, which accumulates in full precision."""
+def _add_feature_grad(grad_f: Tensor | None, g_in: Tensor, w: Tensor) -> None:
+    """``grad_f += g_in @ w`` for one tile (``g_in`` in the prototypes' dtype); in low
+    precision the matmul's output is added into the full-precision accumulator."""
     if grad_f is None:
         return
-    if fast:
-        grad_f.addmm_(g, w)
+    if g_in.dtype == grad_f.dtype:
+        grad_f.addmm_(g_in, w)
     else:
-        grad_f.add_(g.to(w.dtype) @ w)
+        grad_f.add_(g_in @ w)
 
 
 def _input_grads(
@@ -324,8 +324,7 @@ class _PrototypeCrossEntropy(torch.autograd.Function):
             for crop, teacher in pairs:
                 g3[crop].addcmul_(q[teacher], coef[crop, teacher], value=-1)
             g_in = g if g.dtype == features.dtype else g.to(features.dtype)
-            if grad_f is not None:
-                grad_f.addmm_(g_in, w) if g_in is g else grad_f.add_(g_in @ w)
+            _add_feature_grad(grad_f, g_in, w)
             if grad_w is not None:
                 torch.mm(g_in.T, features, out=grad_w[k0 : k0 + c])
         return _input_grads(features, grad_f, grad_w, 6)
@@ -424,7 +423,7 @@ class _LazyTargetsCrossEntropy(torch.autograd.Function):
             w = prototypes[k0 : k0 + chunk]
             c = w.shape[0]
             g = _softmax_grad_into(_tile(g_buf, rows, c), f_in, w, scale, shift, factor)
-            _add_feature_grad(grad_f, g, w, fast)
+            _add_feature_grad(grad_f, g if fast else g.to(features.dtype), w)
             if grad_w is not None and fast:
                 torch.mm(g.T, features, out=grad_w[k0 : k0 + c])
             elif grad_w is not None:
@@ -521,12 +520,7 @@ def prototype_cross_entropy(
                 student_features, prototypes, crop_weights, float(student_temp), chunk, lazy
             )
         return _PrototypeCrossEntropy.apply(
-            student_features,
-            prototypes,
-            targets,
-            crop_weights,
-            float(student_temp),
-            chunk,
+            student_features, prototypes, targets, crop_weights, float(student_temp), chunk
         )
 
 
