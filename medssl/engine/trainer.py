@@ -105,11 +105,12 @@ def _make_fabric(train: Any) -> Any:
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if train.strategy == "fsdp" and on_cpu:
         # Fabric's own message names its arguments, not the recipe's keys
-        raise ValueError(
-            "recipe key train.strategy: 'fsdp' shards the model over CUDA devices (Lightning "
-            f"Fabric's FSDP is GPU-only) and train.accelerator is {train.accelerator!r}"
+        raise RecipeError(
+            "'fsdp' shards the model over CUDA devices (Lightning Fabric's FSDP is GPU-only) "
+            f"and train.accelerator is {train.accelerator!r}"
             f"{'' if accelerator == 'cpu' else ' with no CUDA device'}; on the CPU use "
-            "train.strategy=ddp (several processes) or auto"
+            "train.strategy=ddp (several processes) or auto",
+            key="train.strategy",
         )
     return Fabric(
         accelerator=accelerator,

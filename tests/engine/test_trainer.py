@@ -274,10 +274,11 @@ def test_fsdp_strategy_shards_blocks_with_original_parameters() -> None:
 def test_fsdp_on_the_cpu_names_the_recipe_keys() -> None:
     from types import SimpleNamespace
 
+    from medssl.config import RecipeError
     from medssl.engine.trainer import _make_fabric
 
     train = SimpleNamespace(
         precision="32", accelerator="cpu", strategy="fsdp", devices=2, num_nodes=1
     )
-    with pytest.raises(ValueError, match=r"train.strategy: 'fsdp' .* train.accelerator is 'cpu'"):
+    with pytest.raises(RecipeError, match=r"train.strategy: 'fsdp' .* train.accelerator is 'cpu'"):
         _make_fabric(train)
