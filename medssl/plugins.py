@@ -108,7 +108,38 @@ def get_plugin_manager(extra_plugins: Iterable[Any] = ()) -> pluggy.PluginManage
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
         pm.register(plugin, name=name)
         pm.medssl_providers[name] = Provider(name)  # type: ignore[attr-defined]
+    _check_pending(pm)
     return pm
+
+
+def _check_pending(pm: pluggy.PluginManager) -> None:
+    """A hook implementation no spec knows (``medssl_register_dataset``, a typo) is an error.
+
+    Without this pluggy keeps the implementation silently and never calls it, so a plugin
+    whose components never appear would give no clue why.
+    """
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        providers: dict[str, Provider] = getattr(pm, "medssl_providers", {})
+        plugin_name = pm.get_name(exc.plugin) or "?"
+        provider = providers.get(plugin_name, Provider(plugin_name))
+        pending = sorted(
+            name
+            for name in dir(exc.plugin)
+            if name.startswith("medssl_")
+            and getattr(getattr(pm.hook, name, None), "spec", True) is None
+        )
+        known = sorted([*KINDS.values(), "medssl_register_commands"])
+        hints = [
+            f"{name} (did you mean {close[0]}?)" if close else name
+            for name in pending
+            for close in [difflib.get_close_matches(name, known, n=1, cutoff=0.8)]
+        ]
+        raise PluginError(
+            f"plugin {provider.name!r} implements unknown hook(s): {', '.join(hints) or '?'}; "
+            f"medssl's hooks are {', '.join(known)}"
+        ) from None
 
 
 def _load_entry_points(pm: pluggy.PluginManager, report: LoadReport) -> None:

@@ -184,3 +184,29 @@ def test_pip_installed_plugin_shows_up_in_cli(tmp_path):
     )
     assert '"constant_images"' in out.stdout
     assert '"medssl-example"' in out.stdout
+
+
+def test_misspelt_hook_is_an_error_naming_the_distribution(site):
+    misspelt = """
+        from medssl import hookimpl
+
+        @hookimpl
+        def medssl_register_dataset(register):
+            register("never_seen", object)
+    """
+    _install_fake_dist(site, "fakeplug-typo", "fakeplug_typo", misspelt, "typo")
+    with pytest.raises(PluginError) as info:
+        load_registry()
+    message = str(info.value)
+    assert "'fakeplug-typo'" in message
+    assert "medssl_register_dataset (did you mean medssl_register_datasets?)" in message
+
+
+def test_check_pending_also_covers_extra_plugins():
+    class Typo:
+        @hookimpl
+        def medssl_register_backbone(self, register):  # no such hook
+            del register
+
+    with pytest.raises(PluginError, match="'Typo' implements unknown hook"):
+        load_registry([Typo()])
