@@ -201,6 +201,9 @@ class Objective(nn.Module, abc.ABC):
     """
 
     uses_teacher: bool = False
+    #: Registered names of objectives whose ``ctx.shared`` modules this one may reuse
+    #: (iBOT: DINO's head). The engine sets those up first, whatever the recipe's key order.
+    shares_from: tuple[str, ...] = ()
 
     def setup(self, ctx: ObjectiveContext) -> None:
         self.ctx = ctx

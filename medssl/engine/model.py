@@ -10,11 +10,16 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from medssl.types import Objective, StepOutputs, ViewRequest, Views
+
+if TYPE_CHECKING:
+    from medssl.config import ComponentSpec
+    from medssl.plugins import Registry
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -122,3 +127,28 @@ class SSLModel(nn.Module):
         assert total is not None
         metrics["loss"] = total.detach().float().item()
         return total, metrics, out
+
+
+def objective_setup_order(specs: list[ComponentSpec], registry: Registry) -> list[ComponentSpec]:
+    """``specs`` with every objective after those it ``shares_from`` (a stable sort).
+
+    iBOT reuses DINO's head only if DINO was set up first; the recipe's key order must not
+    decide that.
+    """
+    names = {spec.name for spec in specs}
+    ordered: list[ComponentSpec] = []
+    placed: set[str] = set()
+
+    def place(spec: ComponentSpec, seen: frozenset[str]) -> None:
+        if spec.name in placed or spec.name in seen:
+            return
+        factory = registry.get("objective", spec.name).factory
+        for name in getattr(factory, "shares_from", ()):
+            if name in names:
+                place(next(s for s in specs if s.name == name), seen | {spec.name})
+        placed.add(spec.name)
+        ordered.append(spec)
+
+    for spec in specs:
+        place(spec, frozenset())
+    return ordered

@@ -32,7 +32,7 @@ from medssl.engine import checkpoint as ckpt
 from medssl.engine import schedules
 from medssl.engine.ema import ema_update
 from medssl.engine.metrics import MetricsWriter, plot_losses
-from medssl.engine.model import SSLModel
+from medssl.engine.model import SSLModel, objective_setup_order
 from medssl.engine.run_info import run_info
 from medssl.engine.sampler import EpochSampler
 from medssl.plugins import Registry
@@ -226,7 +226,7 @@ class Trainer:
         objectives = {}
         shared: dict[str, torch.nn.Module] = {}
         image_size = getattr(self.policy, "global_crop_size", student.img_size)
-        for spec in self.recipe.enabled_objectives:
+        for spec in objective_setup_order(self.recipe.enabled_objectives, registry):
             objective = build_component(registry, spec)
             objective.setup(
                 ObjectiveContext(
@@ -241,6 +241,9 @@ class Trainer:
                 )
             )
             objectives[spec.key.split(".", 1)[1]] = (objective, spec.weight)
+        # Metrics and checkpoints keep the recipe's order, whatever the set-up order was.
+        recipe_order = [spec.key.split(".", 1)[1] for spec in self.recipe.enabled_objectives]
+        objectives = {key: objectives[key] for key in recipe_order}
         # Continued pre-training: heads shipped beside a backbone.init folder start the heads.
         from medssl.export.huggingface import apply_initial_heads
 

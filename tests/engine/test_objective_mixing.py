@@ -99,3 +99,22 @@ def test_objective_combinations_from_overrides(tiny_recipe, overrides):
     assert result.steps == 2
     losses = {k for k in result.final_metrics if k.startswith("loss_")}
     assert losses == {f"loss_{s.name}" for s in recipe.enabled_objectives}
+
+
+def test_ibot_shares_dino_head_whatever_the_recipe_order(tiny_recipe):
+    text = tiny_recipe.read_text()
+    # iBOT's block written before DINO's: the set-up order must not follow the YAML.
+    ibot_first = text.replace(
+        "objectives:\n", "objectives:\n  ibot:\n    weight: 1.0\n    prototypes: 64\n", 1
+    )
+    assert ibot_first != text
+    tiny_recipe.write_text(ibot_first)
+    registry = load_registry()
+    recipe = load_recipe(tiny_recipe, [], registry)
+    assert [s.name for s in recipe.enabled_objectives] == ["ibot", "dino"]
+    trainer = Trainer(recipe, registry, progress_bar=False)
+    assert trainer.fit().steps == 2
+    ibot, dino = (trainer.raw_model.objectives[k] for k in ("ibot", "dino"))
+    assert not ibot.owns_head
+    assert ibot.heads == (dino.head, dino.teacher_head)
+    assert list(trainer.raw_model.objectives) == ["ibot", "dino"]  # recipe order kept

@@ -63,6 +63,8 @@ class IBOT(_SelfDistillation):
                 )
             return self
 
+    shares_from = ("dino",)
+
     def setup(self, ctx: ObjectiveContext) -> None:
         super().setup(ctx)
         o = self.options
