@@ -51,7 +51,7 @@ class Sample(TypedDict, total=False):
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BlockMaskSpec:
     """iBOT block-mask settings (DINOv2 defaults)."""
 
@@ -62,7 +62,7 @@ class BlockMaskSpec:
     aspect_min: float = 0.3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ViewRequest:
     """What the enabled objectives need from the augmentation policy.
 
@@ -97,7 +97,7 @@ class ViewRequest:
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Views:
     """The output of an augmentation policy for one batch of ``batch_size`` images.
 
@@ -117,7 +117,7 @@ class Views:
     text: list[str] | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BackboneOutput:
     """CLS token ``[N, D]`` and patch tokens ``[N, P, D]`` after the final norm."""
 
@@ -125,7 +125,7 @@ class BackboneOutput:
     patch: Tensor
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepOutputs:
     """Everything one training step computed once and every objective may read.
 
@@ -143,13 +143,13 @@ class StepOutputs:
     step: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ObjectiveResult:
     loss: Tensor  # scalar, before the recipe weight
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ObjectiveContext:
     """What the engine tells an objective when it is set up."""
 

@@ -374,7 +374,7 @@ def hand_made_step(
     student_global = random_tokens(n_global * b, n_patches, dtype, gen)
     student_local = random_tokens(n_local * b, 2, dtype, gen) if n_local else None
     teacher = random_tokens(n_global * b, n_patches, dtype, gen)
-    teacher = BackboneOutput(teacher.cls.detach(), teacher.patch.detach())
+    teacher = BackboneOutput(cls=teacher.cls.detach(), patch=teacher.patch.detach())
     return StepOutputs(
         views=views,
         student_global=student_global,

@@ -129,7 +129,16 @@ def test_heads_travel_with_the_folder(tmp_path: Path) -> None:
 
     def dino() -> DINO:
         obj = DINO(prototypes=16, hidden_dim=24, bottleneck_dim=8)
-        obj.setup(ObjectiveContext(32, 14, 1, 10, 5, {}))
+        obj.setup(
+            ObjectiveContext(
+                embed_dim=32,
+                patch_size=14,
+                in_chans=1,
+                total_steps=10,
+                steps_per_epoch=5,
+                shared={},
+            )
+        )
         return obj
 
     source = dino()
@@ -144,6 +153,10 @@ def test_heads_travel_with_the_folder(tmp_path: Path) -> None:
     for head in (target.head, target.teacher_head):
         torch.testing.assert_close(head.last_layer.weight, source.head.last_layer.weight)
     wrong = DINO(prototypes=8, hidden_dim=24, bottleneck_dim=8)
-    wrong.setup(ObjectiveContext(32, 14, 1, 10, 5, {}))
+    wrong.setup(
+        ObjectiveContext(
+            embed_dim=32, patch_size=14, in_chans=1, total_steps=10, steps_per_epoch=5, shared={}
+        )
+    )
     with pytest.raises(ValueError, match="objectives.dino"):
         apply_initial_heads(backbone, {"dino": wrong})

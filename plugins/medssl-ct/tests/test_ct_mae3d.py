@@ -17,13 +17,32 @@ def setup_step(seed: int = 0):
     torch.manual_seed(seed)
     backbone = VisionTransformer3D(embed_dim=24, depth=1, num_heads=2, patch_size=4, img_size=8)
     objective = MAE3D(**OPTIONS)
-    objective.setup(ObjectiveContext(24, 4, 1, 10, 5, {}, image_size=8))
+    objective.setup(
+        ObjectiveContext(
+            embed_dim=24,
+            patch_size=4,
+            in_chans=1,
+            total_steps=10,
+            steps_per_epoch=5,
+            shared={},
+            image_size=8,
+        )
+    )
     policy = CTWindow(global_crop_size=8, local_crop_size=4)
     request = objective.request(4)
     assert request == ViewRequest(single_view=True, mae_mask_ratio=0.5, patch_size=4)
     images = torch.rand(2, 1, 12, 12, 12)
     views = policy(images, request, torch.Generator().manual_seed(seed))
-    out = StepOutputs(views, None, None, None, backbone, 0.0, 0, 0)
+    out = StepOutputs(
+        views=views,
+        student_global=None,
+        student_local=None,
+        teacher_global=None,
+        student=backbone,
+        progress=0.0,
+        epoch=0,
+        step=0,
+    )
     return objective, backbone, out
 
 
