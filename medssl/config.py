@@ -330,6 +330,13 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
             chain = " -> ".join(str(p) for p in (*seen, here, base_path))
             raise RecipeError(f"recipes extend each other in a loop: {chain}", source)
         parent = _load_yaml(base_path, (*seen, here))
+        if not set(parent) <= set(Recipe.model_fields):
+            # Its keys are not named: they may be the first line of any file.
+            raise RecipeError(
+                f"extends: {base} is not a medssl recipe (unknown top-level keys)",
+                source,
+                "extends",
+            )
         conf = _merge(parent, conf)
         conf.extends = None
     return conf
@@ -441,6 +448,10 @@ def validate_block(
             options = model.model_validate(block).model_dump()
         except ValidationError as exc:
             raise _pydantic_error(exc, source, key, list(model.model_fields)) from None
+    # "inf"/"nan" as text pass a component's float fields (and its `gt=0`) otherwise.
+    bad = _non_finite(options)
+    if bad:
+        raise RecipeError("must be a finite number (got NaN or infinity)", source, f"{key}.{bad}")
     return ComponentSpec(
         kind=kind, name=str(name), key=key, options=options, weight=float(weight), source=source
     )
@@ -463,6 +474,10 @@ def resolve_recipe(config: dict[str, Any], registry: Registry, source: str) -> R
         block = {"name": key, **(block or {})}
         objectives.append(
             validate_block(registry, "objective", block, f"objectives.{key}", source, weighted=True)
+        )
+    if not objectives:
+        raise RecipeError(
+            "no objective is named; add at least one (e.g. dino)", source, "objectives"
         )
     if not any(spec.weight for spec in objectives):
         raise RecipeError("every objective has weight 0: nothing to train", source, "objectives")

@@ -275,7 +275,9 @@ class Trainer:
         image_size = getattr(self.policy, "global_crop_size", student.img_size)
         for spec in self.recipe.enabled_objectives:
             objective = build_component(registry, spec)
-            objective.setup(
+            self._setup_objective(
+                objective,
+                spec,
                 ObjectiveContext(
                     embed_dim=student.embed_dim,
                     patch_size=student.patch_size,
@@ -285,13 +287,16 @@ class Trainer:
                     shared=shared,
                     world_size=world,
                     image_size=int(image_size),
-                )
+                ),
             )
             objectives[spec.key.split(".", 1)[1]] = (objective, spec.weight)
         # Continued pre-training: heads shipped beside a backbone.init folder start the heads.
         from medssl.export.huggingface import apply_initial_heads
 
-        loaded = apply_initial_heads(student, {k: o for k, (o, _) in objectives.items()})
+        try:
+            loaded = apply_initial_heads(student, {k: o for k, (o, _) in objectives.items()})
+        except ValueError as exc:
+            raise RecipeError(str(exc), self.recipe.source, "backbone.init") from None
         if loaded:
             log.info("initial heads loaded from backbone.init for: %s", ", ".join(loaded))
         model = SSLModel(student, objectives)
@@ -375,6 +380,13 @@ class Trainer:
         self.generator.manual_seed(seed * 1000 + rank)
         _seed_all(seed + rank)  # drop-path and anything else drawing from the global RNG
 
+    def _setup_objective(self, objective: Any, spec: Any, context: ObjectiveContext) -> None:
+        """``objective.setup``; a head file it cannot use (``head_init``) is one line."""
+        try:
+            objective.setup(context)
+        except (ValueError, TypeError, FileNotFoundError) as exc:
+            raise RecipeError(str(exc), spec.source, spec.key) from None
+
     # -- run directory ------------------------------------------------------------------------
     def _prepare_run_dir(self) -> int:
         """Write config.yaml/run.json; return the step to start from (resume)."""
@@ -401,7 +413,10 @@ class Trainer:
                     "output_dir",
                 )
             if latest is not None:
-                model_state, state = ckpt.load_checkpoint(latest)
+                try:
+                    model_state, state = ckpt.load_checkpoint(latest)
+                except ValueError as exc:
+                    raise RecipeError(str(exc), self.recipe.source, "output_dir") from None
                 history = {"event": "resume", "from_step": int(state["step"])}
                 history["changes"] = self._check_recipe_changes(state, latest)
                 try:
