@@ -160,11 +160,13 @@ def run(
 @click.argument("overrides", nargs=-1)
 def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     """Check a RECIPE without training: names, options, and that objectives fit the data."""
+    from medssl.engine.trainer import check_devices
     from medssl.validation import check_recipe
 
     registry = _registry()
     resolved = _load(recipe, overrides, registry)
     try:
+        check_devices(resolved.train)
         notes = check_recipe(resolved, registry)
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from None

@@ -65,6 +65,7 @@ class _Strict(BaseModel):
 MAX_SEED = 2**32 - 1
 #: Bounds no real run comes near; they turn a typo (1e308, 10**20) into one clear line.
 MAX_STEPS = 10**9
+MAX_WEIGHT = 1e6  # an objective's loss weight: more overflows the loss in fp16/bf16 anyway
 MAX_EPOCHS = 10**6
 
 
@@ -344,12 +345,16 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
 
 def _parse_overrides(overrides: Sequence[str], source: str) -> DictConfig:
     for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"override {item!r} is not KEY=VALUE", source)
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override {item[:80]!r} is not KEY=VALUE", source)
+        _check_yaml_size(value, f"{source}: override {key[:80]}")
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
         raise RecipeError(f"bad override: {exc}", source) from None
+    except Exception as exc:  # yaml.YAMLError: a value that is no YAML ('[', '*alias', tags)
+        raise RecipeError(f"bad override value: {_yaml_error(exc)}", source) from None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
@@ -358,7 +363,12 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[dict[s
     source = str(path)
     conf = _load_yaml(path)
     if overrides:
-        conf = _merge(conf, _parse_overrides(overrides, source))
+        try:
+            conf = _merge(conf, _parse_overrides(overrides, source))
+        except OmegaConfBaseException as exc:  # e.g. a list where the recipe has a mapping
+            key = getattr(exc, "full_key", None) or None
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RecipeError(f"bad override: {message}", source, key) from None
     try:
         plain = OmegaConf.to_container(conf, resolve=True)
     except OmegaConfBaseException as exc:
@@ -376,9 +386,15 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
+#: Integers past 64 bits fit no tensor, array or ``len()``: refused before any is built.
+MAX_INT = 2**63 - 1
+
+
 def _non_finite(value: Any, key: str = "") -> str | None:
-    """The key path of the first NaN or infinite number in a plain config, if any."""
+    """The key path of the first NaN, infinite or beyond-64-bit number in a plain config."""
     if isinstance(value, float) and not math.isfinite(value):
+        return key or "(top level)"
+    if isinstance(value, int) and abs(value) > MAX_INT:
         return key or "(top level)"
     items = (
         value.items()
@@ -431,8 +447,12 @@ def validate_block(
         weight = block.pop("weight", 1.0)
         if not isinstance(weight, int | float) or isinstance(weight, bool):
             raise RecipeError(f"weight must be a number, got {weight!r}", source, f"{key}.weight")
-        if weight < 0:
-            raise RecipeError(f"weight must be >= 0, got {weight}", source, f"{key}.weight")
+        if not 0 <= weight <= MAX_WEIGHT:
+            raise RecipeError(
+                f"weight must be in [0, {MAX_WEIGHT:g}], got {_short(weight)}",
+                source,
+                f"{key}.weight",
+            )
     name = block.pop("name", None)
     if name is None:
         raise RecipeError(f"required key is missing (the {kind} to use)", source, f"{key}.name")
@@ -448,10 +468,14 @@ def validate_block(
             options = model.model_validate(block).model_dump()
         except ValidationError as exc:
             raise _pydantic_error(exc, source, key, list(model.model_fields)) from None
-    # "inf"/"nan" as text pass a component's float fields (and its `gt=0`) otherwise.
-    bad = _non_finite(options)
-    if bad:
-        raise RecipeError("must be a finite number (got NaN or infinity)", source, f"{key}.{bad}")
+    # "inf"/"nan" as text pass a component's float fields (and its `gt=0`) otherwise; a
+    # field whose own default is NaN (a missing-label marker) may take it.
+    defaults = model.model_fields if model is not None else {}
+    for option in block:
+        bad = _non_finite(options.get(option), option)
+        field_info = defaults.get(option)
+        if bad and not (field_info is not None and _non_finite(field_info.default)):
+            raise RecipeError("must be a finite number of at most 64 bits", source, f"{key}.{bad}")
     return ComponentSpec(
         kind=kind, name=str(name), key=key, options=options, weight=float(weight), source=source
     )
@@ -461,7 +485,7 @@ def resolve_recipe(config: dict[str, Any], registry: Registry, source: str) -> R
     """Validate a merged recipe mapping against the registry's components."""
     bad = _non_finite(config)
     if bad:
-        raise RecipeError("must be a finite number (got NaN or infinity)", source, bad)
+        raise RecipeError("must be a finite number of at most 64 bits", source, bad)
     try:
         recipe = Recipe.model_validate(config)
     except ValidationError as exc:
@@ -516,10 +540,11 @@ def build_component(registry: Registry, spec: ComponentSpec, **extra: Any) -> An
     component = registry.get(spec.kind, spec.name)
     try:
         return component.factory(**spec.options, **extra)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError, OverflowError) as exc:
+        text = str(exc) if len(str(exc)) <= 600 else f"{str(exc)[:597]}..."
         raise RecipeError(
             f"{spec.kind} {spec.name!r} (from plugin {component.provider.name!r}) could not be "
-            f"built: {exc}",
+            f"built: {text}",
             spec.source,
             spec.key,
         ) from exc

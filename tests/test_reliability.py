@@ -393,13 +393,24 @@ def test_empty_or_malformed_objectives_are_one_line(tmp_path: Path, objectives: 
     assert "objectives" in result.output
 
 
-def test_more_devices_than_cores_is_refused_before_launching(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_more_devices_than_cores_is_refused_before_launching(tmp_path: Path, command: str) -> None:
     cores = os.cpu_count() or 1
     result = CliRunner().invoke(
-        main, ["run", str(_recipe(tmp_path)), f"train.devices={cores + 1}", "train.accelerator=cpu"]
+        main,
+        [command, str(_recipe(tmp_path)), f"train.devices={cores + 1}", "train.accelerator=cpu"],
     )
     _clean(result)
     assert f"this machine has {cores} CPU cores" in result.output
+
+
+def test_output_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("")
+    result = CliRunner().invoke(
+        main, ["run", str(_recipe(tmp_path)), f"output_dir={tmp_path / 'taken'}"]
+    )
+    _clean(result)
+    assert "output_dir" in result.output
 
 
 def test_garbage_model_safetensors_is_one_line(tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ def _make_fabric(train: Any) -> Any:
             "train.strategy=ddp (several processes) or auto",
             key="train.strategy",
         )
-    _check_devices(train.devices, "cpu" if on_cpu else accelerator)
+    check_devices(train)
     return Fabric(
         accelerator=accelerator,
         strategy=make_strategy(train.strategy),
@@ -145,12 +145,14 @@ def _make_fabric(train: Any) -> Any:
     )
 
 
-def _check_devices(devices: int | str, accelerator: str) -> None:
+def check_devices(train: Any) -> None:
     """``train.devices`` against this machine: one process per device, so a thousand on a
     CPU would be a thousand interpreters."""
+    devices = train.devices
     if devices == "auto" or not isinstance(devices, int):
         return  # the recipe model admits only positive ints and "auto"
-    if accelerator == "cpu":
+    accelerator = "cuda" if train.accelerator == "gpu" else train.accelerator
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
         available, what = os.cpu_count() or 1, "CPU cores"
     elif torch.cuda.is_available():
         available, what = torch.cuda.device_count(), "CUDA devices"
@@ -655,7 +657,14 @@ class Trainer:
         lock = RunLock(self.run_dir) if self.fabric.global_rank == 0 else None
         try:
             if lock is not None:
-                lock.acquire()
+                try:
+                    lock.acquire()
+                except OSError as exc:  # output_dir is a file, read-only, too long a name
+                    raise RecipeError(
+                        f"cannot use {self.run_dir} as the run directory: {exc.strerror}",
+                        self.recipe.source,
+                        "output_dir",
+                    ) from None
             return self._fit()
         finally:
             if lock is not None:
