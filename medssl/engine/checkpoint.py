@@ -170,6 +170,20 @@ def remove_temporary(directory: Path) -> int:
     return removed
 
 
+def _make_room(directory: Path, keep: int) -> None:
+    """When the disk cannot hold another checkpoint of the newest one's size, remove the
+    ones the save would prune anyway, keeping at least one valid checkpoint meanwhile."""
+    existing = list_checkpoints(directory)
+    if len(existing) < max(keep, 2):
+        return
+    need = sum(f.stat().st_size for f in existing[-1].iterdir() if f.is_file()) * 1.1
+    if shutil.disk_usage(directory).free >= need:
+        return
+    for old in existing[: len(existing) - keep + 1]:
+        log.warning("disk nearly full: removing %s before the save, not after", old.name)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_checkpoint(
     directory: Path,
     step: int,
@@ -180,12 +194,14 @@ def save_checkpoint(
     """Write checkpoint ``step`` atomically into ``directory`` and keep the last ``keep``.
 
     An I/O error (a full disk, a lost mount) removes the partial folder and raises
-    :class:`CheckpointError` with one line; the checkpoints already written stay.
+    :class:`CheckpointError` with one line; the checkpoints already written stay. When the
+    disk is short, the checkpoints this save would prune are removed before it.
     """
     final = directory / f"{PREFIX}{step:08d}"
     tmp = directory / f"{TMP_PREFIX}{step:08d}_{os.getpid()}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        _make_room(directory, keep)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
