@@ -42,7 +42,7 @@ from medssl.engine.resume_check import (
     recipe_changes,
 )
 from medssl.engine.run_info import run_info
-from medssl.engine.run_lock import RunLock
+from medssl.engine.run_lock import RunDirectoryLocked, RunLock
 from medssl.engine.sampler import EpochSampler
 from medssl.plugins import Registry
 from medssl.types import ObjectiveContext, Views
@@ -656,19 +656,31 @@ class Trainer:
         self._build()
         lock = RunLock(self.run_dir) if self.fabric.global_rank == 0 else None
         try:
-            if lock is not None:
-                try:
-                    lock.acquire()
-                except OSError as exc:  # output_dir is a file, read-only, too long a name
-                    raise RecipeError(
-                        f"cannot use {self.run_dir} as the run directory: {exc.strerror}",
-                        self.recipe.source,
-                        "output_dir",
-                    ) from None
+            self._acquire(lock)
             return self._fit()
         finally:
             if lock is not None:
                 lock.release()
+
+    def _acquire(self, lock: RunLock | None) -> None:
+        """Rank 0 takes the run directory's lock; every rank stops if it could not (the
+        others would otherwise wait for rank 0 at the next barrier forever)."""
+        failure: tuple[str, str] | None = None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except RunDirectoryLocked as exc:
+                failure = ("locked", str(exc))
+            except OSError as exc:  # output_dir is a file, read-only, too long a name
+                failure = ("os", f"cannot use {self.run_dir} as the run directory: {exc.strerror}")
+        if self.fabric.world_size > 1:
+            failure = self.fabric.broadcast(failure, src=0)
+        if failure is None:
+            return
+        kind, message = failure
+        if kind == "locked":
+            raise RunDirectoryLocked(message)
+        raise RecipeError(message, self.recipe.source, "output_dir")
 
     def _fit(self) -> RunResult:
         self.failures_total = 0
