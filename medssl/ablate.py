@@ -24,11 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from medssl.config import RecipeError, load_recipe
+from medssl.engine.checkpoint import latest_valid_checkpoint
+from medssl.engine.run_lock import RunLock
 from medssl.plugins import Registry
 
 log = logging.getLogger("medssl.ablate")
 
 __all__ = ["Variant", "parse_vary", "plan_variants", "run_ablation", "write_tables", "plot"]
+
+
+class VariantStopped(RuntimeError):
+    """A variant's training stopped early (a signal or train.max_minutes), checkpoint saved."""
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -124,12 +134,24 @@ def run_ablation(
     train_fn: Callable[..., Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train + evaluate every variant (skipping finished ones); write the tables and plot."""
-    from medssl.eval import run_evaluators
-
     if train_fn is None:
         from medssl.engine.trainer import train as train_fn
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # One ablation per --out: a second one would train and tabulate the same variants.
+    with RunLock(out, what="ablate --out"):
+        return _run_locked(recipes, vary, out, registry, overrides, train_fn)
+
+
+def _run_locked(
+    recipes: Sequence[str | Path],
+    vary: Sequence[str],
+    out: Path,
+    registry: Registry,
+    overrides: Sequence[str],
+    train_fn: Callable[..., Any],
+) -> list[dict[str, Any]]:
+    from medssl.eval import run_evaluators
+
     variants = plan_variants(recipes, vary)
     eval_lists = {}
     resolved_all = []
@@ -161,12 +183,15 @@ def run_ablation(
         if _done(run_dir, v):
             log.info("variant %s: finished earlier, not rerun", v.name)
         else:
-            resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+            # Only a verifiable checkpoint is resumed; a folder of corrupt ones is refused
+            # by the trainer rather than silently restarted.
+            resume = latest_valid_checkpoint(run_dir / "checkpoints") is not None
             log.info("variant %s: training%s", v.name, " (resuming)" if resume else "")
             result = train_fn(resolved, registry, resume=resume)
             if getattr(result, "stopped_early", False):
-                raise RuntimeError(
-                    f"variant {v.name} stopped before its last step; rerun ablate to resume it"
+                raise VariantStopped(
+                    f"variant {v.name} stopped before its last step; rerun ablate to resume it",
+                    result,
                 )
             run_evaluators(run_dir, resolved, registry, floor_cache=floor_cache)
             (run_dir / "variant.json").write_text(json.dumps(v.signature(), indent=2))

@@ -86,31 +86,73 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--resume", is_flag=True, help="Continue from the last valid checkpoint.")
+@click.option(
+    "--resume", is_flag=True, help="Continue from the last valid checkpoint (error if none)."
+)
+@click.option(
+    "--resume-or-start",
+    is_flag=True,
+    help="Continue from the last valid checkpoint, or start when the run has none yet.",
+)
+@click.option(
+    "--accept-changes",
+    is_flag=True,
+    help="Resume even though the recipe changes what is trained (recorded in history.jsonl).",
+)
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Overrides output_dir.")
-def run(recipe: str, overrides: tuple[str, ...], resume: bool, output_dir: str | None) -> None:
+def run(
+    recipe: str,
+    overrides: tuple[str, ...],
+    resume: bool,
+    resume_or_start: bool,
+    accept_changes: bool,
+    output_dir: str | None,
+) -> None:
     """Train the encoder a RECIPE describes and write its run directory.
 
     The run directory holds config.yaml (the resolved recipe), run.json (versions,
-    plugins, seed), metrics.csv, loss_curves.png, checkpoints/ and backbone.safetensors.
+    plugins, seed), history.jsonl (each start and resume), metrics.csv, loss_curves.png,
+    checkpoints/ and backbone.safetensors. Exit code 0: finished; 143 (128 + signal):
+    stopped by SIGTERM with a checkpoint saved; 75: stopped by train.max_minutes with a
+    checkpoint saved; 1: an error.
     """
     from medssl.data.robust import TooManyLoadFailures
+    from medssl.engine.checkpoint import CheckpointError
     from medssl.engine.model import NonFiniteLossError
-    from medssl.engine.trainer import train
+    from medssl.engine.run_lock import RunDirectoryLocked
+    from medssl.engine.trainer import stop_exit_code, train
 
     registry = _registry()
     if output_dir:
         overrides = (*overrides, f"output_dir={output_dir}")
     resolved = _load(recipe, overrides, registry)
     try:
-        result = train(resolved, registry, resume=resume)
-    except (RecipeError, NonFiniteLossError, TooManyLoadFailures) as exc:
+        result = train(
+            resolved,
+            registry,
+            resume=resume,
+            resume_or_start=resume_or_start,
+            accept_changes=accept_changes,
+        )
+    except (
+        RecipeError,
+        NonFiniteLossError,
+        TooManyLoadFailures,
+        CheckpointError,
+        RunDirectoryLocked,
+    ) as exc:
         raise click.ClickException(str(exc)) from None
     if resolved.evaluators and not result.stopped_early:
         from medssl.eval import run_evaluators
 
         run_evaluators(result.run_dir, resolved, registry)
     click.echo(f"run directory: {result.run_dir}")
+    code = stop_exit_code(result)
+    if code:
+        click.echo(
+            f"stopped early with a checkpoint saved (exit code {code}); continue with --resume"
+        )
+        sys.exit(code)
 
 
 @main.command()
@@ -118,11 +160,13 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, output_dir: str |
 @click.argument("overrides", nargs=-1)
 def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     """Check a RECIPE without training: names, options, and that objectives fit the data."""
+    from medssl.engine.trainer import check_devices
     from medssl.validation import check_recipe
 
     registry = _registry()
     resolved = _load(recipe, overrides, registry)
     try:
+        check_devices(resolved.train)
         notes = check_recipe(resolved, registry)
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from None

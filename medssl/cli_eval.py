@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -140,13 +141,27 @@ def ablate(
     Each RECIPE is a variant, crossed with every --vary grid point. Writes ablation.csv,
     ablation.md and ablation.png in --out; finished variants are not rerun.
     """
-    from medssl.ablate import run_ablation
+    from medssl.ablate import VariantStopped, run_ablation
+    from medssl.data.robust import TooManyLoadFailures
+    from medssl.engine.checkpoint import CheckpointError
     from medssl.engine.model import NonFiniteLossError
+    from medssl.engine.run_lock import RunDirectoryLocked
+    from medssl.engine.trainer import stop_exit_code
 
     registry = _registry()
     try:
         run_ablation(recipes, vary, out, registry, overrides)
-    except (RecipeError, ValueError, NonFiniteLossError) as exc:
+    except VariantStopped as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(stop_exit_code(exc.result))
+    except (
+        RecipeError,
+        ValueError,
+        NonFiniteLossError,
+        TooManyLoadFailures,
+        CheckpointError,
+        RunDirectoryLocked,
+    ) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo((Path(out) / "ablation.md").read_text())
     click.echo(f"wrote {out}/ablation.csv, ablation.md, ablation.png")

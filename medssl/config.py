@@ -10,6 +10,8 @@ the key path and what was expected.
 from __future__ import annotations
 
 import difflib
+import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,26 +56,40 @@ class RecipeError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN/inf pass `gt=0` checks and end in a traceback deep in training: refuse them here.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+#: The seed seeds torch, numpy (mod 2**32) and per-epoch generators (seed * 100_003 + epoch
+#: must fit torch's 64-bit seed); 32 bits leave room for all of them.
+MAX_SEED = 2**32 - 1
+#: Bounds no real run comes near; they turn a typo (1e308, 10**20) into one clear line.
+MAX_STEPS = 10**9
+MAX_WEIGHT = 1e6  # an objective's loss weight: more overflows the loss in fp16/bf16 anyway
+MAX_EPOCHS = 10**6
 
 
 class TrainOptions(_Strict):
     """The ``train:`` block. Defaults are DINOv2's (REFERENCE.md) unless noted."""
 
-    batch_size: int = Field(32, gt=0, description="images per device per step")
-    steps: int | None = Field(None, gt=0, description="optimiser steps; or set epochs")
-    epochs: int | None = Field(None, gt=0)
-    steps_per_epoch: int | None = Field(
-        None, gt=0, description="defaults to the dataset length // global batch"
+    batch_size: int = Field(32, gt=0, le=2**20, description="images per device per step")
+    steps: int | None = Field(
+        None, gt=0, le=MAX_STEPS, description="optimiser steps; or set epochs"
     )
-    grad_accumulation: int = Field(1, gt=0, description="micro-batches per optimiser step")
+    epochs: int | None = Field(None, gt=0, le=MAX_EPOCHS)
+    steps_per_epoch: int | None = Field(
+        None, gt=0, le=MAX_STEPS, description="defaults to the dataset length // global batch"
+    )
+    grad_accumulation: int = Field(
+        1, gt=0, le=2**16, description="micro-batches per optimiser step"
+    )
     optimizer: Literal["adamw"] = "adamw"
     base_lr: float = Field(
         0.004, gt=0, description="LR per 1024 images, scaled by sqrt(batch/1024)"
     )
     lr: float | None = Field(None, gt=0, description="absolute peak LR; overrides base_lr")
     min_lr: float = Field(1e-6, ge=0)
-    warmup_epochs: float = Field(10, ge=0)
+    warmup_epochs: float = Field(10, ge=0, le=MAX_EPOCHS)
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.04, ge=0)
     weight_decay_end: float = Field(0.4, ge=0)
@@ -85,13 +101,15 @@ class TrainOptions(_Strict):
     precision: Literal["32", "32-true", "bf16-mixed", "16-mixed"] = "32"
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     accelerator: Literal["auto", "cpu", "cuda", "gpu"] = "auto"
-    devices: int | str = 1
-    num_nodes: int = Field(1, gt=0)
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
-    threads: int | None = Field(None, gt=0, description="torch CPU threads")
+    devices: int | Literal["auto"] = Field(
+        1, description="devices per node (at most the machine's; checked when training)"
+    )
+    num_nodes: int = Field(1, gt=0, le=100_000)
+    num_workers: int = Field(0, ge=0, le=1024, description="DataLoader worker processes")
+    threads: int | None = Field(None, gt=0, le=4096, description="torch CPU threads")
     compile: bool = False
     checkpoint_every: int = Field(100, gt=0, description="steps between checkpoints")
-    keep_checkpoints: int = Field(3, gt=0)
+    keep_checkpoints: int = Field(3, gt=0, le=10**6)
     log_every: int = Field(10, gt=0)
     diagnostics_every: int = Field(10, gt=0)
     max_failure_share: float = Field(0.05, ge=0, le=1, description="abort above this share")
@@ -102,6 +120,25 @@ class TrainOptions(_Strict):
     def _precision_as_text(cls, value: Any) -> Any:
         # `train.precision=32` on the command line arrives as an int.
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value: Any) -> Any:
+        # Lightning's other spellings (-1, "0,1", lists) end in a long TypeError; one form.
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if value == "auto" or (
+            isinstance(value, int) and not isinstance(value, bool) and value > 0
+        ):
+            return value
+        raise ValueError("must be a positive number of devices per node, or auto")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError("both betas must be in [0, 1)")
+        return value
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainOptions:
@@ -126,8 +163,8 @@ class ComponentSpec(BaseModel):
 class Recipe(_Strict):
     """The top level of a recipe. Component blocks are plain mappings here."""
 
-    seed: int = 0
-    output_dir: str = "runs/medssl"
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    output_dir: str = Field("runs/medssl", min_length=1)
     data: dict[str, Any]
     augmentation: dict[str, Any]
     backbone: dict[str, Any]
@@ -179,24 +216,128 @@ def _merge(base: DictConfig, child: DictConfig) -> DictConfig:
     return merged
 
 
-def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
-    if path.resolve() in seen:
-        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
-        raise RecipeError(f"recipes extend each other in a loop: {chain}", str(path))
+#: A recipe is a page of YAML; anything larger is not one (and is not read into memory).
+MAX_RECIPE_BYTES = 1 << 20
+#: Nodes a recipe may expand to once YAML aliases are followed: a few hundred is usual; the
+#: "billion laughs" alias bomb (400 bytes) would expand to billions.
+MAX_YAML_NODES = 100_000
+RECIPE_SUFFIXES = (".yaml", ".yml")
+
+
+def _read_recipe_text(path: Path, source: str) -> str:
+    """The text of a recipe file: a regular file of bounded size, UTF-8.
+
+    Errors never quote the file: ``extends:`` may point anywhere, and its contents are not
+    the user's to print.
+    """
     try:
-        conf = OmegaConf.load(path)
-    except (OmegaConfBaseException, OSError, ValueError) as exc:
-        raise RecipeError(f"cannot parse YAML: {exc}", str(path)) from None
+        if not path.is_file():  # False for FIFOs, devices, missing files and symlink loops
+            what = "not a regular file" if path.exists() else "not found"
+            raise RecipeError(f"recipe file {what}: {path}", source)
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(
+                f"recipe file {path} is larger than {MAX_RECIPE_BYTES >> 20} MiB; not a recipe",
+                source,
+            )
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_RECIPE_BYTES + 1)
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe file {path}: {exc.strerror}", source) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"recipe file {path} is not UTF-8 text (byte {exc.start})", source
+        ) from None
+
+
+def _yaml_error(exc: Exception) -> str:
+    # PyYAML's own text quotes the offending lines; keep the problem and its position only.
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
+
+
+def _check_yaml_size(text: str, source: str) -> None:
+    """Refuse YAML whose aliases expand past :data:`MAX_YAML_NODES` (or into a cycle),
+    counted on the composed node graph before anything is expanded."""
+    import yaml
+    from omegaconf._utils import get_yaml_loader
+
+    try:
+        root = yaml.compose(text, Loader=get_yaml_loader())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"cannot parse YAML: {_yaml_error(exc)}", source) from None
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise RecipeError("cannot parse YAML: an alias refers to itself", source)
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        sizes[key] = min(total, MAX_YAML_NODES + 1)
+        return sizes[key]
+
+    try:
+        expanded = size(root)
+    except RecursionError:
+        raise RecipeError("cannot parse YAML: nested too deeply", source) from None
+    if expanded > MAX_YAML_NODES:
+        raise RecipeError(
+            f"YAML aliases expand this recipe past {MAX_YAML_NODES} values; refused (an "
+            "alias bomb, or a recipe to split up)",
+            source,
+        )
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    source = str(path)
+    text = _read_recipe_text(path, source)
+    _check_yaml_size(text, source)
+    try:
+        conf = OmegaConf.load(io.StringIO(text))
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise RecipeError(f"cannot parse YAML: {_yaml_error(exc)}", source) from None
     except Exception as exc:  # yaml.YAMLError and friends
-        raise RecipeError(f"cannot parse YAML: {exc}", str(path)) from None
+        raise RecipeError(f"cannot parse YAML: {_yaml_error(exc)}", source) from None
     if not isinstance(conf, DictConfig):
-        raise RecipeError("a recipe must be a mapping at the top level", str(path))
+        raise RecipeError("a recipe must be a mapping at the top level", source)
     base = conf.get("extends")
     if base:
-        base_path = (path.parent / str(base)).resolve()
-        parent = _load_yaml(base_path, (*seen, path.resolve()))
+        if not isinstance(base, str) or not base.lower().endswith(RECIPE_SUFFIXES):
+            raise RecipeError(
+                "extends must name a recipe file ending in .yaml or .yml", source, "extends"
+            )
+        try:
+            base_path = (path.parent / base).resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, or a symlink loop
+            raise RecipeError(
+                f"extends: {base} cannot be opened (missing, or a symlink loop)", source, "extends"
+            ) from None
+        here = path.resolve()
+        if base_path in (*seen, here):
+            chain = " -> ".join(str(p) for p in (*seen, here, base_path))
+            raise RecipeError(f"recipes extend each other in a loop: {chain}", source)
+        parent = _load_yaml(base_path, (*seen, here))
+        if not set(parent) <= set(Recipe.model_fields):
+            # Its keys are not named: they may be the first line of any file.
+            raise RecipeError(
+                f"extends: {base} is not a medssl recipe (unknown top-level keys)",
+                source,
+                "extends",
+            )
         conf = _merge(parent, conf)
         conf.extends = None
     return conf
@@ -204,12 +345,16 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
 
 def _parse_overrides(overrides: Sequence[str], source: str) -> DictConfig:
     for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"override {item!r} is not KEY=VALUE", source)
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override {item[:80]!r} is not KEY=VALUE", source)
+        _check_yaml_size(value, f"{source}: override {key[:80]}")
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
         raise RecipeError(f"bad override: {exc}", source) from None
+    except Exception as exc:  # yaml.YAMLError: a value that is no YAML ('[', '*alias', tags)
+        raise RecipeError(f"bad override value: {_yaml_error(exc)}", source) from None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
@@ -218,7 +363,12 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[dict[s
     source = str(path)
     conf = _load_yaml(path)
     if overrides:
-        conf = _merge(conf, _parse_overrides(overrides, source))
+        try:
+            conf = _merge(conf, _parse_overrides(overrides, source))
+        except OmegaConfBaseException as exc:  # e.g. a list where the recipe has a mapping
+            key = getattr(exc, "full_key", None) or None
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RecipeError(f"bad override: {message}", source, key) from None
     try:
         plain = OmegaConf.to_container(conf, resolve=True)
     except OmegaConfBaseException as exc:
@@ -229,6 +379,35 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[dict[s
 
 def _loc(prefix: str, loc: Sequence[Any]) -> str:
     return ".".join([prefix, *(str(p) for p in loc)]) if prefix else ".".join(map(str, loc))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+#: Integers past 64 bits fit no tensor, array or ``len()``: refused before any is built.
+MAX_INT = 2**63 - 1
+
+
+def _non_finite(value: Any, key: str = "") -> str | None:
+    """The key path of the first NaN, infinite or beyond-64-bit number in a plain config."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key or "(top level)"
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        return key or "(top level)"
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for k, v in items:
+        found = _non_finite(v, f"{key}.{k}" if key else str(k))
+        if found:
+            return found
+    return None
 
 
 def _pydantic_error(
@@ -244,12 +423,12 @@ def _pydantic_error(
             close = difflib.get_close_matches(unknown, list(known), n=1, cutoff=0.6)
             hint = f" — did you mean {close[0]!r}?" if close else ""
             expected = f"; valid options: {', '.join(sorted(known))}" if not close else ""
-            lines.append(f"{key}: unknown option{hint}{expected}")
+            lines.append(f"{key[:120]}: unknown option{hint}{expected}")
         elif err["type"] == "missing":
             lines.append(f"{key}: required key is missing")
         else:
             got = err.get("input")
-            got_text = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+            got_text = f" (got {_short(got)})" if not isinstance(got, dict | list) else ""
             lines.append(f"{key}: {err['msg']}{got_text}")
     return RecipeError("; ".join(lines), source, first_key)
 
@@ -268,8 +447,12 @@ def validate_block(
         weight = block.pop("weight", 1.0)
         if not isinstance(weight, int | float) or isinstance(weight, bool):
             raise RecipeError(f"weight must be a number, got {weight!r}", source, f"{key}.weight")
-        if weight < 0:
-            raise RecipeError(f"weight must be >= 0, got {weight}", source, f"{key}.weight")
+        if not 0 <= weight <= MAX_WEIGHT:
+            raise RecipeError(
+                f"weight must be in [0, {MAX_WEIGHT:g}], got {_short(weight)}",
+                source,
+                f"{key}.weight",
+            )
     name = block.pop("name", None)
     if name is None:
         raise RecipeError(f"required key is missing (the {kind} to use)", source, f"{key}.name")
@@ -285,6 +468,14 @@ def validate_block(
             options = model.model_validate(block).model_dump()
         except ValidationError as exc:
             raise _pydantic_error(exc, source, key, list(model.model_fields)) from None
+    # "inf"/"nan" as text pass a component's float fields (and its `gt=0`) otherwise; a
+    # field whose own default is NaN (a missing-label marker) may take it.
+    defaults = model.model_fields if model is not None else {}
+    for option in block:
+        bad = _non_finite(options.get(option), option)
+        field_info = defaults.get(option)
+        if bad and not (field_info is not None and _non_finite(field_info.default)):
+            raise RecipeError("must be a finite number of at most 64 bits", source, f"{key}.{bad}")
     return ComponentSpec(
         kind=kind, name=str(name), key=key, options=options, weight=float(weight), source=source
     )
@@ -292,6 +483,9 @@ def validate_block(
 
 def resolve_recipe(config: dict[str, Any], registry: Registry, source: str) -> ResolvedRecipe:
     """Validate a merged recipe mapping against the registry's components."""
+    bad = _non_finite(config)
+    if bad:
+        raise RecipeError("must be a finite number of at most 64 bits", source, bad)
     try:
         recipe = Recipe.model_validate(config)
     except ValidationError as exc:
@@ -304,6 +498,10 @@ def resolve_recipe(config: dict[str, Any], registry: Registry, source: str) -> R
         block = {"name": key, **(block or {})}
         objectives.append(
             validate_block(registry, "objective", block, f"objectives.{key}", source, weighted=True)
+        )
+    if not objectives:
+        raise RecipeError(
+            "no objective is named; add at least one (e.g. dino)", source, "objectives"
         )
     if not any(spec.weight for spec in objectives):
         raise RecipeError("every objective has weight 0: nothing to train", source, "objectives")
@@ -342,10 +540,11 @@ def build_component(registry: Registry, spec: ComponentSpec, **extra: Any) -> An
     component = registry.get(spec.kind, spec.name)
     try:
         return component.factory(**spec.options, **extra)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError, OverflowError) as exc:
+        text = str(exc) if len(str(exc)) <= 600 else f"{str(exc)[:597]}..."
         raise RecipeError(
             f"{spec.kind} {spec.name!r} (from plugin {component.provider.name!r}) could not be "
-            f"built: {exc}",
+            f"built: {text}",
             spec.source,
             spec.key,
         ) from exc

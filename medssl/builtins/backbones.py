@@ -214,9 +214,13 @@ def load_initial_weights(model: VisionTransformer, init: str) -> None:
 
         load_hf_dinov2_into(model, path)
         return
-    from safetensors.torch import load_file
+    from medssl.weights import load_weights
 
-    state = load_file(str(path))
+    if path.suffix != ".safetensors":
+        raise ValueError(
+            f"backbone.init: {init!r} is neither a .safetensors file nor a Hugging Face folder"
+        )
+    state = load_weights(path, "backbone.init")
     state = {k.removeprefix("backbone."): v for k, v in state.items() if "head" not in k}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or missing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import gzip
 import io
 import os
@@ -21,12 +22,24 @@ def find_table(root: Path, name: str) -> Path:
     raise FileNotFoundError(f"table {str(base)!r} (or .gz) not found")
 
 
+#: Largest manifest read (after gzip decompression): a few million rows fit many times over;
+#: a path to something else (a disk image, a gzip bomb) fails fast instead of filling memory.
+MAX_TABLE_BYTES = 2 << 30
+
+
 def read_table(path: Path, delimiter: str = ",") -> tuple[list[str], list[dict[str, str]]]:
     """The header and every row as a dict of strings."""
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    text = raw.decode("utf-8-sig")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise ValueError(f"table {str(path)!r} is not a regular file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read(MAX_TABLE_BYTES + 1)
+    if len(raw) > MAX_TABLE_BYTES:
+        raise ValueError(f"table {str(path)!r} is larger than {MAX_TABLE_BYTES >> 30} GiB")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"table {str(path)!r} is not UTF-8 text (byte {exc.start})") from None
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows = list(reader)
     return list(reader.fieldnames or []), rows
@@ -36,4 +49,12 @@ def require_columns(header: Iterable[str], columns: Iterable[str | None], where:
     header = list(header)
     missing = [c for c in columns if c is not None and c not in header]
     if missing:
-        raise ValueError(f"{where}: column(s) {missing} not found; the table has {header}")
+        # The header itself is not printed: a path to a file that is no manifest would
+        # show its first line. Close matches only echo what the recipe already names.
+        close = {
+            c: m[0] for c in missing if (m := difflib.get_close_matches(c, header, n=1, cutoff=0.8))
+        }
+        hint = "".join(f"; did you mean {m!r} for {c!r}?" for c, m in close.items())
+        raise ValueError(
+            f"{where}: column(s) {missing} not found among the table's {len(header)} columns{hint}"
+        )

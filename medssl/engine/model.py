@@ -31,7 +31,8 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(
             f"objective {objective!r} produced a non-finite loss ({value}) at step {step}; "
             "the step was not applied. Resume from the last good checkpoint with "
-            "`medssl run RECIPE --resume` (a lower learning rate or fp32 precision often helps)"
+            "`medssl run RECIPE --resume` (a lower learning rate or fp32 precision often helps; "
+            "add --accept-changes to resume with a changed learning rate)"
         )
 
 

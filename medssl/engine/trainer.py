@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 
 from medssl.config import RecipeError, ResolvedRecipe, build_component
@@ -33,7 +34,15 @@ from medssl.engine import schedules
 from medssl.engine.ema import ema_update
 from medssl.engine.metrics import MetricsWriter, plot_losses
 from medssl.engine.model import SSLModel, objective_setup_order
+from medssl.engine.resume_check import (
+    alters_training,
+    append_history,
+    canonical_recipe,
+    describe,
+    recipe_changes,
+)
 from medssl.engine.run_info import run_info
+from medssl.engine.run_lock import RunDirectoryLocked, RunLock
 from medssl.engine.sampler import EpochSampler
 from medssl.plugins import Registry
 from medssl.types import ObjectiveContext, Views
@@ -49,6 +58,20 @@ class RunResult:
     final_metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    stop_signal: int | None = None  # the signal that stopped the run early, if one did
+
+
+#: Exit code of ``medssl run`` stopped by ``train.max_minutes`` with a checkpoint saved
+#: (EX_TEMPFAIL); a run stopped by signal N exits with 128 + N (143 for SIGTERM), as a
+#: shell reports it, so SLURM requeue scripts can tell a stop from a finish (0) or an error (1).
+EXIT_OUT_OF_TIME = 75
+
+
+def stop_exit_code(result: RunResult) -> int:
+    """The exit code documented for ``result``: 0 when it finished."""
+    if not result.stopped_early:
+        return 0
+    return 128 + result.stop_signal if result.stop_signal else EXIT_OUT_OF_TIME
 
 
 class _StopFlag:
@@ -112,6 +135,7 @@ def _make_fabric(train: Any) -> Any:
             "train.strategy=ddp (several processes) or auto",
             key="train.strategy",
         )
+    check_devices(train)
     return Fabric(
         accelerator=accelerator,
         strategy=make_strategy(train.strategy),
@@ -119,6 +143,27 @@ def _make_fabric(train: Any) -> Any:
         num_nodes=train.num_nodes,
         precision=precision,
     )
+
+
+def check_devices(train: Any) -> None:
+    """``train.devices`` against this machine: one process per device, so a thousand on a
+    CPU would be a thousand interpreters."""
+    devices = train.devices
+    if devices == "auto" or not isinstance(devices, int):
+        return  # the recipe model admits only positive ints and "auto"
+    accelerator = "cuda" if train.accelerator == "gpu" else train.accelerator
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+        available, what = os.cpu_count() or 1, "CPU cores"
+    elif torch.cuda.is_available():
+        available, what = torch.cuda.device_count(), "CUDA devices"
+    else:
+        return  # another accelerator: Lightning checks its own count
+    if devices > available:
+        raise RecipeError(
+            f"train.devices={devices} but this machine has {available} {what}; "
+            f"use at most {available} (or auto)",
+            key="train.devices",
+        )
 
 
 def _fused_adamw(device: torch.device) -> bool:
@@ -167,12 +212,16 @@ class Trainer:
         run_dir: Path | None = None,
         resume: bool = False,
         progress_bar: bool | None = None,
+        resume_or_start: bool = False,
+        accept_changes: bool = False,
     ) -> None:
         self.recipe = recipe
         self.registry = registry
         self.train_opts = recipe.train
         self.run_dir = Path(run_dir or recipe.recipe.output_dir)
-        self.resume = resume
+        self.resume = resume or resume_or_start
+        self.resume_or_start = resume_or_start
+        self.accept_changes = accept_changes
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
 
     # -- building ---------------------------------------------------------------------------
@@ -228,7 +277,9 @@ class Trainer:
         image_size = getattr(self.policy, "global_crop_size", student.img_size)
         for spec in objective_setup_order(self.recipe.enabled_objectives, registry):
             objective = build_component(registry, spec)
-            objective.setup(
+            self._setup_objective(
+                objective,
+                spec,
                 ObjectiveContext(
                     embed_dim=student.embed_dim,
                     patch_size=student.patch_size,
@@ -238,7 +289,7 @@ class Trainer:
                     shared=shared,
                     world_size=world,
                     image_size=int(image_size),
-                )
+                ),
             )
             objectives[spec.key.split(".", 1)[1]] = (objective, spec.weight)
         # Metrics and checkpoints keep the recipe's order, whatever the set-up order was.
@@ -247,7 +298,10 @@ class Trainer:
         # Continued pre-training: heads shipped beside a backbone.init folder start the heads.
         from medssl.export.huggingface import apply_initial_heads
 
-        loaded = apply_initial_heads(student, {k: o for k, (o, _) in objectives.items()})
+        try:
+            loaded = apply_initial_heads(student, {k: o for k, (o, _) in objectives.items()})
+        except ValueError as exc:
+            raise RecipeError(str(exc), self.recipe.source, "backbone.init") from None
         if loaded:
             log.info("initial heads loaded from backbone.init for: %s", ", ".join(loaded))
         model = SSLModel(student, objectives)
@@ -331,19 +385,55 @@ class Trainer:
         self.generator.manual_seed(seed * 1000 + rank)
         _seed_all(seed + rank)  # drop-path and anything else drawing from the global RNG
 
+    def _setup_objective(self, objective: Any, spec: Any, context: ObjectiveContext) -> None:
+        """``objective.setup``; a head file it cannot use (``head_init``) is one line."""
+        try:
+            objective.setup(context)
+        except (ValueError, TypeError, FileNotFoundError) as exc:
+            raise RecipeError(str(exc), spec.source, spec.key) from None
+
     # -- run directory ------------------------------------------------------------------------
     def _prepare_run_dir(self) -> int:
         """Write config.yaml/run.json; return the step to start from (resume)."""
         run_dir = self.run_dir
         ckpt_dir = run_dir / "checkpoints"
         start_step = 0
+        if self.fabric.global_rank == 0:
+            ckpt.remove_temporary(ckpt_dir)
+        self.fabric.barrier()
+        history: dict[str, Any] = {"event": "start"}
         if self.resume:
             latest = ckpt.latest_valid_checkpoint(ckpt_dir)
-            if latest is None:
-                log.warning("--resume: no valid checkpoint in %s; starting from scratch", ckpt_dir)
-            else:
-                model_state, state = ckpt.load_checkpoint(latest)
-                self._load_full_state(model_state, state["optimizer"])
+            if latest is None and (ckpt.list_checkpoints(ckpt_dir) or not self.resume_or_start):
+                found = "no valid checkpoint" if ckpt.list_checkpoints(ckpt_dir) else "none"
+                raise RecipeError(
+                    f"--resume: {ckpt_dir} holds {found}"
+                    + (
+                        " (every one is incomplete, corrupt or of an older format); move them "
+                        "away to start again"
+                        if found != "none"
+                        else "; use --resume-or-start to start from step 0 when there is none"
+                    ),
+                    self.recipe.source,
+                    "output_dir",
+                )
+            if latest is not None:
+                try:
+                    model_state, state = ckpt.load_checkpoint(latest)
+                except ValueError as exc:
+                    raise RecipeError(str(exc), self.recipe.source, "output_dir") from None
+                history = {"event": "resume", "from_step": int(state["step"])}
+                history["changes"] = self._check_recipe_changes(state, latest)
+                try:
+                    self._load_full_state(model_state, state["optimizer"])
+                except (RuntimeError, ValueError, KeyError) as exc:
+                    # A recipe accepted with --accept-changes may still not fit the weights.
+                    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                    raise RecipeError(
+                        f"checkpoint {latest.name} does not fit the model this recipe builds: "
+                        f"{type(exc).__name__}: {first}",
+                        self.recipe.source,
+                    ) from None
                 self._restore_rng(state["rng"])
                 start_step = int(state["step"])
                 self.failures_total = state.get("failures_total", 0)
@@ -358,8 +448,11 @@ class Trainer:
             )
         if self.fabric.global_rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
-            with (run_dir / "config.yaml").open("w") as fh:
-                yaml.safe_dump(self.recipe.config, fh, sort_keys=False)
+            if history["event"] == "start" or not (run_dir / "config.yaml").is_file():
+                # A resumed run keeps the recipe it started with; changes go to history.jsonl.
+                with (run_dir / "config.yaml").open("w") as fh:
+                    yaml.safe_dump(self.recipe.config, fh, sort_keys=False)
+            append_history(run_dir, {**history, "pid": os.getpid()})
             info = run_info(
                 self.registry,
                 self.recipe.recipe.seed,
@@ -377,6 +470,28 @@ class Trainer:
             )
             (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
         return start_step
+
+    def _check_recipe_changes(self, state: dict[str, Any], latest: Path) -> dict[str, Any]:
+        """Refuse (unless accepted) a resume whose recipe trains something else than the
+        checkpoint's; return every change, for the run history."""
+        saved = state.get("recipe")
+        if not isinstance(saved, dict):
+            log.warning("checkpoint %s records no recipe; changes cannot be checked", latest)
+            return {}
+        changes = recipe_changes(saved, canonical_recipe(self.recipe))
+        altering = {k: v for k, v in changes.items() if alters_training(k)}
+        if altering and not self.accept_changes:
+            raise RecipeError(
+                f"--resume with a recipe that changes what is trained ({describe(altering)}); "
+                f"the checkpoint {latest.name} was trained with the values on the left. Resume "
+                "with the same values, start a new output_dir, or pass --accept-changes to "
+                "continue anyway (recorded in history.jsonl)",
+                self.recipe.source,
+                next(iter(altering)),
+            )
+        if changes:
+            log.info("resuming with recipe changes: %s", describe(changes))
+        return {k: {"checkpoint": a, "now": b} for k, (a, b) in changes.items()}
 
     def _restore_rng(self, saved: Any) -> None:
         """Each rank takes back its own RNG streams (checkpoints hold one per rank)."""
@@ -415,6 +530,7 @@ class Trainer:
                 "failures_total": self.failures_total,
                 "diagnostics": diagnostics.state_dict() if diagnostics is not None else None,
                 "world_size": self.fabric.world_size,
+                "recipe": canonical_recipe(self.recipe),
             }
             path = ckpt.save_checkpoint(
                 self.run_dir / "checkpoints",
@@ -482,8 +598,16 @@ class Trainer:
             if k.startswith(prefix)
         }
         tmp = self.run_dir / "backbone.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"step": str(step)})
-        os.replace(tmp, self.run_dir / "backbone.safetensors")
+        try:
+            save_file(state, str(tmp), metadata={"step": str(step)})
+            os.replace(tmp, self.run_dir / "backbone.safetensors")
+        except (OSError, SafetensorError) as exc:
+            tmp.unlink(missing_ok=True)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ckpt.CheckpointError(
+                f"could not write {self.run_dir / 'backbone.safetensors'}: {reason}; the "
+                f"checkpoint of step {step} is complete (free space and --resume)"
+            ) from None
 
     # -- the loop -------------------------------------------------------------------------------
     def _batches(self, start_step: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -533,6 +657,35 @@ class Trainer:
 
     def fit(self) -> RunResult:
         self._build()
+        lock = RunLock(self.run_dir) if self.fabric.global_rank == 0 else None
+        try:
+            self._acquire(lock)
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _acquire(self, lock: RunLock | None) -> None:
+        """Rank 0 takes the run directory's lock; every rank stops if it could not (the
+        others would otherwise wait for rank 0 at the next barrier forever)."""
+        failure: tuple[str, str] | None = None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except RunDirectoryLocked as exc:
+                failure = ("locked", str(exc))
+            except OSError as exc:  # output_dir is a file, read-only, too long a name
+                failure = ("os", f"cannot use {self.run_dir} as the run directory: {exc.strerror}")
+        if self.fabric.world_size > 1:
+            failure = self.fabric.broadcast(failure, src=0)
+        if failure is None:
+            return
+        kind, message = failure
+        if kind == "locked":
+            raise RunDirectoryLocked(message)
+        raise RecipeError(message, self.recipe.source, "output_dir")
+
+    def _fit(self) -> RunResult:
         self.failures_total = 0
         self.load_failures = LoadFailures(self.train_opts.max_failure_share)
         start_step = self._prepare_run_dir()
@@ -546,6 +699,7 @@ class Trainer:
         step = start_step
         last_metrics: dict[str, float] = {}
         stopped = False
+        stop_signal: int | None = None
         last_ckpt: Path | None = None
         started = time.perf_counter()
         window_start, window_images = time.perf_counter(), 0
@@ -616,6 +770,8 @@ class Trainer:
                         else ("a signal to another rank" if signalled else "train.max_minutes")
                     )
                     self.stop_reason = reason
+                    # SIGTERM's exit code when another rank was signalled (SLURM requeue)
+                    stop_signal = stop.signal or (int(signal.SIGTERM) if signalled else None)
                     log.warning(
                         "stopping at step %d (%s); checkpoint saved, continue with --resume",
                         step,
@@ -642,7 +798,7 @@ class Trainer:
             time.perf_counter() - started,
             self.run_dir,
         )
-        return RunResult(self.run_dir, step, stopped, last_metrics, last_ckpt, summary)
+        return RunResult(self.run_dir, step, stopped, last_metrics, last_ckpt, summary, stop_signal)
 
     def micro_step(
         self, images: torch.Tensor, text: list[str] | None, step: int, epoch: int, last: bool
@@ -810,7 +966,22 @@ def train(
     resume: bool = False,
     run_dir: Path | None = None,
     progress_bar: bool | None = None,
+    resume_or_start: bool = False,
+    accept_changes: bool = False,
 ) -> RunResult:
-    """Train ``recipe``; raises :class:`NonFiniteLossError` with the objective's name."""
-    trainer = Trainer(recipe, registry, run_dir=run_dir, resume=resume, progress_bar=progress_bar)
+    """Train ``recipe``; raises :class:`NonFiniteLossError` with the objective's name.
+
+    ``resume`` continues from the last valid checkpoint and is an error without one;
+    ``resume_or_start`` starts from step 0 when the run has no checkpoint yet. A resumed
+    recipe that changes what is trained is refused unless ``accept_changes``.
+    """
+    trainer = Trainer(
+        recipe,
+        registry,
+        run_dir=run_dir,
+        resume=resume,
+        progress_bar=progress_bar,
+        resume_or_start=resume_or_start,
+        accept_changes=accept_changes,
+    )
     return trainer.fit()

@@ -110,9 +110,9 @@ def encoder_from_recipe(
         spec.options["init"] = "none"
     backbone = build_component(registry, spec)
     if weights is not None:
-        from safetensors.torch import load_file
+        from medssl.weights import load_weights
 
-        state = load_file(str(weights))
+        state = load_weights(weights, "backbone weights")
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(

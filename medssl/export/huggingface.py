@@ -47,6 +47,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from medssl.weights import load_weights
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -284,7 +286,17 @@ def read_hf_folder(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]
             f"{str(folder)!r} is not a Hugging Face model folder: no config.json "
             "(expected the layout of microsoft/rad-dino: config.json + model.safetensors)"
         )
-    config = json.loads(config_file.read_text())
+    try:
+        if config_file.stat().st_size > 1 << 20:
+            raise ValueError("larger than 1 MiB")
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        # The reason's class only: a decoder's message may quote the file.
+        raise ValueError(
+            f"{str(config_file)!r} is not a readable config.json ({type(exc).__name__})"
+        ) from None
     model_type = config.get("model_type")
     if model_type not in ("dinov2", None):
         raise ValueError(
@@ -301,12 +313,10 @@ def read_hf_folder(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]
         file = folder / name
         if not file.is_file():
             continue
-        if name.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            weights = load_file(str(file))
-        else:
-            weights = torch.load(file, map_location="cpu", weights_only=True)
+        loaded = load_weights(file, "backbone.init")
+        if not isinstance(loaded, dict) or not all(isinstance(v, Tensor) for v in loaded.values()):
+            raise ValueError(f"backbone.init: {str(file)!r} holds no state dict of tensors")
+        weights = loaded
         break
     if weights is None:
         raise FileNotFoundError(
@@ -410,9 +420,7 @@ def load_hf_dinov2_into(model: nn.Module, path: str | Path) -> nn.Module:
         )
     heads_file = Path(path).expanduser() / HEADS_FILE
     if heads_file.is_file():
-        from safetensors.torch import load_file
-
-        model.initial_heads = load_file(str(heads_file))  # type: ignore[attr-defined]
+        model.initial_heads = load_weights(heads_file, "backbone.init")  # type: ignore[attr-defined]
         log.info("%s: found %s (%d tensors)", where, HEADS_FILE, len(model.initial_heads))
     return model
 
@@ -472,15 +480,13 @@ def backbone_from_hf_folder(path: str | Path) -> nn.Module:
 
 def heads_from_checkpoint(run_dir: str | Path) -> dict[str, Tensor]:
     """The teacher heads of a run's last valid checkpoint, as ``<objective>_head.*``."""
-    from safetensors.torch import load_file
-
     from medssl.engine.checkpoint import latest_valid_checkpoint
 
     latest = latest_valid_checkpoint(Path(run_dir) / "checkpoints")
     if latest is None:
         return {}
     heads: dict[str, Tensor] = {}
-    for key, value in load_file(str(latest / "model.safetensors")).items():
+    for key, value in load_weights(latest / "model.safetensors", "checkpoint").items():
         parts = key.split(".")
         # objectives.<name>.teacher_head.<param...>: the teacher is what continued
         # pre-training starts from, as the exported backbone is the teacher's.

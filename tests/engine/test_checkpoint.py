@@ -46,3 +46,32 @@ def test_shared_storage_is_saved(tmp_path: Path) -> None:
     path = ckpt.save_checkpoint(tmp_path, 5, {"a": weight, "tied": weight, "t": weight.T}, {}, 1)
     model, _ = ckpt.load_checkpoint(path)
     assert torch.equal(model["tied"], weight) and torch.equal(model["t"], weight.T)
+
+
+def test_a_short_disk_prunes_before_the_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for step in (1, 2, 3):
+        _save(tmp_path, step, keep=3)
+    removed_before: list[list[str]] = []
+    real_save = ckpt.save_file
+
+    def watching_save(*args: object, **kwargs: object) -> None:
+        removed_before.append([p.name for p in ckpt.list_checkpoints(tmp_path)])
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda _: shutil_usage(free=10))
+    monkeypatch.setattr(ckpt, "save_file", watching_save)
+    _save(tmp_path, 4, keep=3)
+    assert removed_before[0] == ["step_00000002", "step_00000003"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
+        "step_00000002",
+        "step_00000003",
+        "step_00000004",
+    ]
+
+
+def shutil_usage(free: int) -> object:
+    import shutil
+
+    return shutil._ntuple_diskusage(total=10**9, used=10**9 - free, free=free)

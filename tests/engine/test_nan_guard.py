@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from medssl import hookimpl
 from medssl.cli import main
-from medssl.config import load_recipe
+from medssl.config import RecipeError, load_recipe
 from medssl.engine.checkpoint import latest_valid_checkpoint
 from medssl.engine.model import NonFiniteLossError
 from medssl.engine.trainer import train
@@ -57,8 +57,11 @@ def test_non_finite_loss_names_objective_and_run_resumes(tiny_recipe):
     assert last is not None and last.name.endswith("00000002")  # steps 0 and 1 applied
 
     # The bad step was not applied: resuming with the objective fixed finishes the run.
+    # Fixing it changes the recipe: refused with the key named unless accepted explicitly.
     fixed = load_recipe(tiny_recipe, [*overrides, "objectives.exploding.explode_at=100"], registry)
-    result = train(fixed, registry, resume=True)
+    with pytest.raises(RecipeError, match="objectives.exploding.explode_at: 2 -> 100"):
+        train(fixed, registry, resume=True)
+    result = train(fixed, registry, resume=True, accept_changes=True)
     assert result.steps == 4
 
 

@@ -105,7 +105,10 @@ class HFTextEncoder(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        # safetensors only: a pytorch_model.bin is a pickle, and trust_remote_code stays off
+        self.model = AutoModel.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True
+        )
         self.width = int(self.model.config.hidden_size)
         self.context_length = context_length
 

@@ -239,12 +239,9 @@ def load_dinov2_head(head: DINOHead, path: str, prefix: str = "dino_head") -> No
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"head_init: {path!r} is not a file")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from medssl.weights import load_weights
 
-        raw: object = load_file(str(file))
-    else:
-        raw = torch.load(str(file), map_location="cpu", weights_only=True)
+    raw: object = load_weights(file, "head_init")
     if isinstance(raw, dict):
         for key in ("teacher", "model"):
             if isinstance(raw.get(key), dict):
