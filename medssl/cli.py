@@ -143,9 +143,11 @@ def run(
     ) as exc:
         raise click.ClickException(str(exc)) from None
     if resolved.evaluators and not result.stopped_early:
-        from medssl.eval import run_evaluators
+        from medssl.eval import markdown_table, run_evaluators
+        from medssl.eval.report import results_from_payload
 
-        run_evaluators(result.run_dir, resolved, registry)
+        payload = run_evaluators(result.run_dir, resolved, registry)
+        click.echo(markdown_table(results_from_payload(payload)))
     click.echo(f"run directory: {result.run_dir}")
     code = stop_exit_code(result)
     if code:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -34,6 +35,37 @@ def _run_recipe(
         raise click.ClickException(str(exc)) from None
 
 
+def _data_block(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--data`` values: one YAML file with the block, or KEY=VALUE pairs (YAML values)."""
+    import yaml
+
+    if len(items) == 1 and "=" not in items[0]:
+        source = Path(items[0])
+        if not source.is_file():
+            raise click.ClickException(f"--data: {items[0]!r} is neither KEY=VALUE nor a file")
+        try:
+            block = yaml.safe_load(source.read_text())
+        except yaml.YAMLError as exc:
+            raise click.ClickException(f"--data {items[0]}: not valid YAML ({exc})") from None
+        if not isinstance(block, dict):
+            raise click.ClickException(f"--data {items[0]}: must hold a mapping (a data block)")
+        return block
+    block: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.ClickException(f"--data: {item!r} is not KEY=VALUE")
+        try:
+            block[key.strip()] = yaml.safe_load(value) if value else None
+        except yaml.YAMLError:
+            block[key.strip()] = value
+    if "name" not in block:
+        raise click.ClickException(
+            "--data: name=... is missing (the dataset adapter, e.g. csv_manifest or image_folder)"
+        )
+    return block
+
+
 @click.command("eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("overrides", nargs=-1)
@@ -45,25 +77,38 @@ def _run_recipe(
     multiple=True,
     help="Run this evaluator with its defaults (repeatable) instead of the recipe's eval: list.",
 )
+@click.option(
+    "--data",
+    "data_items",
+    multiple=True,
+    metavar="KEY=VALUE|FILE.yaml",
+    help="Probe on this data block instead of the recipe's, for every evaluator: "
+    "KEY=VALUE pairs (values read as YAML), e.g. --data name=csv_manifest --data "
+    "root=/data/cxr --data label_columns=[effusion,edema] --data mask_column=mask; "
+    "or one YAML file holding the block.",
+)
 @click.option("--out", type=click.Path(file_okay=False), help="Where eval.json/eval.md go.")
 def eval_command(
     run_dir: str,
     overrides: tuple[str, ...],
     recipe: str | None,
     names: tuple[str, ...],
+    data_items: tuple[str, ...],
     out: str | None,
 ) -> None:
     """Evaluate the frozen encoder of RUN_DIR (a run directory or an exported HF folder).
 
     Evaluators come from the run's config.yaml (or --recipe), overridable as KEY=VALUE,
-    e.g. eval.0.features=cls+mean_patch; every score is printed with its floors.
+    e.g. eval.0.features=cls; every score is printed with its floors. --data points
+    every evaluator at your own labelled images (folder or CSV manifest).
     """
     from medssl.config import validate_block
     from medssl.eval import markdown_table, run_evaluators
-    from medssl.eval.base import EvalResult, Row
+    from medssl.eval.report import results_from_payload
 
     registry = _registry()
     path = Path(run_dir)
+    data = _data_block(data_items) if data_items else None
     resolved = _run_recipe(path, recipe, overrides, registry)
     if resolved is None and not names:
         raise click.ClickException(
@@ -81,14 +126,16 @@ def eval_command(
             ]
         except RecipeError as exc:
             raise click.ClickException(str(exc)) from None
+    if data is not None:
+        specs = [
+            s.model_copy(update={"options": {**s.options, "data": data}})
+            for s in (specs if specs is not None else resolved.evaluators if resolved else [])
+        ]
     try:
         payload = run_evaluators(path, resolved, registry, specs=specs, out_dir=out)
     except (RecipeError, FileNotFoundError, ValueError, UnknownComponentError) as exc:
         raise click.ClickException(str(exc)) from None
-    results = [
-        EvalResult(**{**r, "rows": [Row(**row) for row in r["rows"]]}) for r in payload["results"]
-    ]
-    click.echo(markdown_table(results))
+    click.echo(markdown_table(results_from_payload(payload)))
     click.echo(f"wrote {Path(out or run_dir) / 'eval.json'} and eval.md")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from medssl.config import ComponentSpec, RecipeError, ResolvedRecipe, build_component
 from medssl.eval.base import EvalContext, EvalOptions, EvalResult, Evaluator, Row
-from medssl.eval.encoder import Encoder, encoder_from_recipe, load_encoder
+from medssl.eval.encoder import Encoder, encoder_from_recipe, load_encoder, random_encoder
 from medssl.eval.report import markdown_table, write_report
 from medssl.plugins import Registry
 
@@ -30,6 +30,7 @@ __all__ = [
     "evaluate",
     "load_encoder",
     "markdown_table",
+    "random_encoder",
     "run_evaluators",
 ]
 
@@ -40,13 +41,15 @@ def evaluate(
     registry: Registry,
     default_data: dict[str, Any] | None,
     floor_cache: dict[str, Any] | None = None,
+    random: Encoder | None = None,
 ) -> list[EvalResult]:
     """Run each evaluator spec on ``encoder``; features are shared between them.
 
-    Pass the same ``floor_cache`` when evaluating several encoders on the same data so
-    the raw-pixel floors are fit once.
+    ``random`` is the random-weights floor's encoder (:func:`random_encoder`; None: no
+    such floor). Pass the same ``floor_cache`` when evaluating several encoders on the
+    same data so the floors are fit once.
     """
-    ctx = EvalContext(encoder, registry, default_data)
+    ctx = EvalContext(encoder, registry, default_data, random_encoder=random)
     if floor_cache is not None:
         ctx.floor_cache = floor_cache
     results = []
@@ -81,12 +84,13 @@ def run_evaluators(
         raise RecipeError("no evaluator to run: the recipe has no 'eval:' list", None, "eval")
     encoder = load_encoder(run_dir, resolved_recipe, registry)
     default_data = dict(resolved_recipe.recipe.data) if resolved_recipe is not None else None
-    results = evaluate(encoder, specs, registry, default_data, floor_cache)
+    # An exported folder without its recipe has no known initialisation: no such floor.
+    random = None if resolved_recipe is None else random_encoder(resolved_recipe, registry)
+    results = evaluate(encoder, specs, registry, default_data, floor_cache, random)
     header = {
         "source": str(run_dir),
         "encoder": {"image_size": encoder.image_size, **encoder.info},
     }
     payload = write_report(out_dir or run_dir, results, header)
-    for line in markdown_table(results).splitlines():
-        log.info("%s", line)
+    log.info("wrote %s", Path(out_dir or run_dir) / "eval.md")
     return payload

@@ -20,7 +20,14 @@ from torch import Tensor, nn
 from medssl.config import ResolvedRecipe, build_component
 from medssl.plugins import Registry
 
-__all__ = ["Encoder", "encoder_from_recipe", "load_encoder", "is_hf_folder", "to_unit_float"]
+__all__ = [
+    "Encoder",
+    "encoder_from_recipe",
+    "is_hf_folder",
+    "load_encoder",
+    "random_encoder",
+    "to_unit_float",
+]
 
 
 @dataclass
@@ -129,6 +136,23 @@ def encoder_from_recipe(
         source or (str(weights) if weights else "random weights"),
         {"backbone": spec.name, **{k: v for k, v in spec.options.items() if k != "init"}},
     )
+
+
+def random_encoder(recipe: ResolvedRecipe, registry: Registry) -> Encoder:
+    """The recipe's backbone at its seeded initialisation: what training starts from
+    (the trainer seeds torch with ``seed`` before building it), never a pre-trained start.
+    The random-weights floor of every probe."""
+    spec = recipe.backbone.model_copy(update={"options": {**recipe.backbone.options}})
+    if "init" in spec.options:
+        spec.options["init"] = "none"
+    seed = recipe.recipe.seed
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream alone
+        torch.manual_seed(seed)
+        backbone = build_component(registry, spec)
+    size, mean, std = _policy_preprocessing(recipe, registry, backbone)
+    backbone.eval().requires_grad_(False)
+    info = {"backbone": spec.name, **spec.options, "seed": seed}
+    return Encoder(backbone, size, mean, std, f"random weights (seed {seed})", info)
 
 
 def _hf_encoder(folder: Path) -> Encoder:

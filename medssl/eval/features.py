@@ -24,7 +24,10 @@ from medssl.plugins import Registry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FeatureSet", "Splits", "build_dataset", "extract", "load_splits"]
+__all__ = ["FEATURE_MODES", "FeatureSet", "Splits", "build_dataset", "extract", "load_splits"]
+
+#: What a classification probe can read; the first is the headline (as DINOv2).
+FEATURE_MODES = ("cls+mean_patch", "cls", "mean_patch")
 
 
 @dataclass
@@ -58,12 +61,17 @@ class FeatureSet:
             meta={k: [v[i] for i in index] for k, v in self.meta.items()},
         )
 
+    def blocks(self, which: str) -> list[np.ndarray]:
+        """The feature blocks of ``which`` ('cls', 'mean_patch', 'cls+mean_patch')."""
+        named = {"cls": self.cls, "mean_patch": self.mean_patch}
+        parts = which.split("+")
+        if not parts or any(p not in named for p in parts) or len(set(parts)) < len(parts):
+            raise ValueError(f"features must be one of {list(FEATURE_MODES)}, got {which!r}")
+        return [named[p] for p in parts]
+
     def features(self, which: str) -> np.ndarray:
-        if which == "cls":
-            return self.cls
-        if which == "cls+mean_patch":
-            return np.concatenate([self.cls, self.mean_patch], axis=1)
-        raise ValueError(f"features must be 'cls' or 'cls+mean_patch', got {which!r}")
+        """``which``'s blocks side by side (DINOv2's linear evaluation concatenates them)."""
+        return np.concatenate(self.blocks(which), axis=1)
 
 
 @dataclass

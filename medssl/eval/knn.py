@@ -1,23 +1,25 @@
-"""``knn``: weighted k-nearest-neighbour classification on normalised CLS features.
+"""``knn``: weighted k-nearest-neighbour classification on frozen features.
 
 As DINO's k-NN evaluation (Caron et al. 2021, ``eval_knn.py``; k=20, T=0.07): cosine
-similarity between L2-normalised CLS tokens, the k nearest training images vote with
-weight ``exp(similarity / T)``. Multi-label findings get the weighted share of positive
-neighbours as their score. The floors: the same k-NN on raw downsampled pixels, and chance.
+similarity between L2-normalised features, the k nearest training images vote with
+weight ``exp(similarity / T)``. Features are centred on the training mean first, for the
+encoder, the random-weights floor and the raw pixels alike; ``cls+mean_patch`` joins the
+two normalised blocks. Multi-label findings get the weighted share of positive neighbours
+as their score. The floors: the same k-NN on random weights, on raw downsampled pixels,
+and chance.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from pydantic import Field
 
-from medssl.eval.base import EvalContext, EvalOptions, EvalResult, Evaluator
-from medssl.eval.probes import knn_scores
-from medssl.eval.targets import rows_with_floors, score_targets, targets_of, trivial_scores
+from medssl.eval.base import EvalContext, EvalResult, Evaluator, ProbeOptions
+from medssl.eval.features import FeatureSet
+from medssl.eval.probes import knn_scores, normalise
+from medssl.eval.targets import probe_rows, targets_of
 
-__all__ = ["KNN", "KNNProbe"]
+__all__ = ["KNN", "KNNProbe", "knn_inputs"]
 
 
 class KNNProbe:
@@ -39,15 +41,27 @@ class KNNProbe:
         return self._scores(x_tr, y_tr.astype(np.float64)[:, None], x_va)[:, 0]
 
 
+def knn_inputs(tr: FeatureSet, va: FeatureSet, mode: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature block (or the raw pixels) centred on its training mean and
+    L2-normalised, then side by side: the same treatment for encoder, random weights and
+    pixels (uncentred features, grey images above all, are nearly parallel)."""
+    pairs = zip(tr.blocks(mode), va.blocks(mode), strict=True) if mode else [(tr.pixels, va.pixels)]
+    out_tr, out_va = [], []
+    for a, b in pairs:
+        centre = a.mean(0, keepdims=True)
+        out_tr.append(normalise(a - centre))
+        out_va.append(normalise(b - centre))
+    return np.concatenate(out_tr, 1), np.concatenate(out_va, 1)
+
+
 class KNN(Evaluator):
-    """Weighted k-NN on L2-normalised CLS features; floors beside."""
+    """Weighted k-NN on centred, L2-normalised frozen features; floors beside."""
 
     name = "knn"
 
-    class Options(EvalOptions):
+    class Options(ProbeOptions):
         k: int = Field(20, ge=1)
         temperature: float = Field(0.07, gt=0)
-        features: Literal["cls", "cls+mean_patch"] = "cls"
 
     def __call__(self, ctx: EvalContext) -> EvalResult:
         o = self.options
@@ -55,23 +69,13 @@ class KNN(Evaluator):
         t = targets_of(splits, self.name)
         notes: list[str] = []
         probe = KNNProbe(o.k, o.temperature)
-        x_tr, x_va = splits.train.features(o.features), splits.val.features(o.features)
-        score = score_targets(t, x_tr, x_va, probe, notes)
-        # Raw pixels are centred first: uncentred grey images are all nearly parallel.
-        centre = splits.train.pixels.mean(0, keepdims=True)
-        pixels = ctx.floor(
-            self.name,
-            o,
-            lambda: score_targets(
-                t, splits.train.pixels - centre, splits.val.pixels - centre, probe
-            ),
-        )
-        if not score:
+        rows = probe_rows(ctx, o, self.name, t, splits, probe, knn_inputs, notes)
+        if not rows:
             raise ValueError(f"evaluator {self.name!r}: no target could be scored ({notes})")
         return EvalResult(
             self.name,
             splits.dataset,
-            rows_with_floors(score, {"pixels": pixels, "trivial": trivial_scores(t)}),
+            rows,
             len(splits.train),
             len(splits.val),
             o.model_dump(),

@@ -1,22 +1,23 @@
-"""``linear_probe``: logistic regression on frozen CLS features (RAD-DINO's main evaluation).
+"""``linear_probe``: logistic regression on frozen features (RAD-DINO's main evaluation).
 
-Pérez-García et al. 2025 evaluate RAD-DINO with linear probes on the frozen CLS token
-(and, as DINOv2 does, on the CLS token concatenated with the mean patch token). Multi-label
-findings are probed one by one (AUROC, AUPRC, accuracy at 0.5) with their mean; a
-multi-class label once; a regression label (e.g. the cardiothoracic ratio) by ridge
-regression (MAE, R²). The floors: the same probe on raw downsampled pixels, and chance.
+Pérez-García et al. 2025 evaluate RAD-DINO with linear probes on the frozen CLS token;
+DINOv2's linear evaluation concatenates the CLS token with the mean patch token, and
+MAE / I-JEPA probe pooled patch tokens. One run reports all three (``features``; the
+first, ``cls+mean_patch``, is the headline). Multi-label findings are probed one by one
+(AUROC, AUPRC, accuracy at 0.5) with their mean; a multi-class label once; a regression
+label (e.g. the cardiothoracic ratio) by ridge regression (mean absolute error, R²). The
+floors: the same probe on the recipe's backbone at its seeded initialisation, on raw
+downsampled pixels, and chance; each with a paired bootstrap interval.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from pydantic import Field
 
-from medssl.eval.base import EvalContext, EvalOptions, EvalResult, Evaluator
+from medssl.eval.base import EvalContext, EvalResult, Evaluator, ProbeOptions
 from medssl.eval.probes import fit_binary, fit_multiclass, fit_regression
-from medssl.eval.targets import rows_with_floors, score_targets, targets_of, trivial_scores
+from medssl.eval.targets import plain_inputs, probe_rows, targets_of
 
 __all__ = ["LinearProbe", "LogisticProbe"]
 
@@ -40,12 +41,11 @@ class LogisticProbe:
 
 
 class LinearProbe(Evaluator):
-    """Linear probe on frozen CLS (or CLS + mean patch) features; floors beside."""
+    """Linear probe on frozen CLS / mean-patch / CLS + mean-patch features; floors beside."""
 
     name = "linear_probe"
 
-    class Options(EvalOptions):
-        features: Literal["cls", "cls+mean_patch"] = "cls"
+    class Options(ProbeOptions):
         C: float | None = Field(
             None, gt=0, description="inverse L2 strength; null: 3-fold CV on the train split"
         )
@@ -56,19 +56,13 @@ class LinearProbe(Evaluator):
         t = targets_of(splits, self.name)
         notes: list[str] = []
         probe = LogisticProbe(o.C, o.seed)
-        x_tr, x_va = splits.train.features(o.features), splits.val.features(o.features)
-        score = score_targets(t, x_tr, x_va, probe, notes)
-        pixels = ctx.floor(
-            self.name,
-            o,
-            lambda: score_targets(t, splits.train.pixels, splits.val.pixels, probe),
-        )
-        if not score:
+        rows = probe_rows(ctx, o, self.name, t, splits, probe, plain_inputs, notes)
+        if not rows:
             raise ValueError(f"evaluator {self.name!r}: no target could be scored ({notes})")
         return EvalResult(
             self.name,
             splits.dataset,
-            rows_with_floors(score, {"pixels": pixels, "trivial": trivial_scores(t)}),
+            rows,
             len(splits.train),
             len(splits.val),
             o.model_dump(),

@@ -1,12 +1,12 @@
 """``metadata_probe``: what frozen image features keep of whitelisted metadata.
 
 RAD-DINO (Pérez-García et al. 2025) shows that image-only pre-training keeps patient
-attributes that reports leave out, by probing age (regression: MAE, R²) and sex (AUROC)
-from the frozen CLS token. Any whitelisted key can be probed (``age``, ``sex``,
+attributes that reports leave out, by probing age (regression: mean absolute error, R²)
+and sex (AUROC) from the frozen CLS token (here: every feature mode of ``features``). Any whitelisted key can be probed (``age``, ``sex``,
 ``view``): numbers by ridge regression, categories by logistic regression (accuracy and
 macro AUROC). Rows without the value are left out; a key with fewer than two values in
-either split is skipped with a note. The floors: the same probe on raw pixels, and the
-training mean / majority class.
+either split is skipped with a note. The floors: the same probe on random weights and on
+raw pixels, and the training mean / majority class.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from medssl.eval.base import EvalContext, EvalOptions, EvalResult, Evaluator
+from medssl.eval.base import EvalContext, EvalResult, Evaluator, ProbeOptions, Row
+from medssl.eval.features import FeatureSet
 from medssl.eval.linear_probe import LogisticProbe
-from medssl.eval.targets import Targets, rows_with_floors, score_targets, trivial_scores
+from medssl.eval.targets import Targets, plain_inputs, probe_rows
 
 __all__ = ["MetadataProbe"]
 
@@ -28,13 +29,12 @@ def _is_number(v: Any) -> bool:
 
 
 class MetadataProbe(Evaluator):
-    """Age (MAE, R²), sex (AUROC) and view from frozen CLS features; floors beside."""
+    """Age (absolute error, R²), sex (AUROC) and view from frozen features; floors beside."""
 
     name = "metadata_probe"
 
-    class Options(EvalOptions):
+    class Options(ProbeOptions):
         targets: list[Literal["age", "sex", "view"]] = Field(default_factory=lambda: ["age", "sex"])
-        features: Literal["cls", "cls+mean_patch"] = "cls"
         C: float | None = Field(None, gt=0, description="null: 3-fold CV on the train split")
 
     def __call__(self, ctx: EvalContext) -> EvalResult:
@@ -42,8 +42,8 @@ class MetadataProbe(Evaluator):
         splits = ctx.splits(o, self.name)
         tr, va = splits.train, splits.val
         probe = LogisticProbe(o.C, o.seed)
-        x_tr, x_va = tr.features(o.features), va.features(o.features)
-        rows, notes = [], []
+        rows: list[Row] = []
+        notes: list[str] = []
         for key in o.targets:
             v_tr, v_va = tr.meta.get(key, []), va.meta.get(key, [])
             i_tr = np.array([i for i, v in enumerate(v_tr) if v is not None and v == v], int)
@@ -75,15 +75,14 @@ class MetadataProbe(Evaluator):
                 else:
                     t = Targets("multiclass", classes, y_tr, y_va)
                     keep = lambda m: m in ("accuracy", "auroc")  # noqa: E731
-            score = score_targets(t, x_tr[i_tr], x_va[i_va], probe, notes)
-            pixels = ctx.floor(
-                f"{self.name}:{key}",
-                o,
-                lambda t=t, i_tr=i_tr, i_va=i_va: score_targets(
-                    t, tr.pixels[i_tr], va.pixels[i_va], probe
-                ),
-            )
-            new = rows_with_floors(score, {"pixels": pixels, "trivial": trivial_scores(t)}, keep)
+
+            def inputs(
+                a: FeatureSet, b: FeatureSet, mode: str | None, i_tr=i_tr, i_va=i_va
+            ) -> tuple[np.ndarray, np.ndarray]:
+                x_a, x_b = plain_inputs(a, b, mode)
+                return x_a[i_tr], x_b[i_va]
+
+            new = probe_rows(ctx, o, f"{self.name}:{key}", t, splits, probe, inputs, notes, keep)
             for row in new:
                 row.target = key
             rows += new

@@ -9,17 +9,38 @@ by MAE and R².
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from medssl.eval.base import Row
-from medssl.eval.features import Splits
+from medssl.eval.base import EvalContext, ProbeOptions, Row
+from medssl.eval.bootstrap import (
+    abs_err_boot,
+    accuracy_boot,
+    attach_intervals,
+    auroc_boot,
+    r2_boot,
+    resample_indices,
+)
+from medssl.eval.features import FeatureSet, Splits
 from medssl.eval.probes import binary_metrics, multiclass_metrics, regression_metrics
 
-__all__ = ["Probe", "Targets", "score_targets", "targets_of", "trivial_scores", "rows_with_floors"]
+__all__ = [
+    "Probe",
+    "Targets",
+    "plain_inputs",
+    "predict_targets",
+    "probe_rows",
+    "rows_with_floors",
+    "score_targets",
+    "scores_of",
+    "targets_of",
+    "trivial_predictions",
+    "trivial_scores",
+]
 
 Scores = dict[str, dict[str, float]]  # target -> metric -> value
 
@@ -73,89 +94,218 @@ def targets_of(splits: Splits, evaluator: str) -> Targets:
     return Targets(kind, names, y_tr, y_va)
 
 
-def score_targets(
+Predictions = dict[str, np.ndarray]  # target -> validation predictions (rows of y_va)
+
+
+def predict_targets(
     t: Targets, x_tr: np.ndarray, x_va: np.ndarray, probe: Probe, notes: list[str] | None = None
-) -> Scores:
-    """Fit ``probe`` on train, score on val, per target."""
-    scores: Scores = {}
+) -> Predictions:
+    """Fit ``probe`` on train, predict every validation row, per target.
+
+    A multi-label finding is fit on its known training labels (NaN: unknown) and skipped,
+    with a note, when train or val holds one class only.
+    """
     if t.kind == "multiclass":
-        n = len(t.names)
-        probs = probe.multiclass(x_tr, t.y_tr, x_va, n)
-        scores["class"] = multiclass_metrics(t.y_va, probs)
-        return scores
+        return {"class": probe.multiclass(x_tr, t.y_tr, x_va, len(t.names))}
+    preds: Predictions = {}
     for j, name in enumerate(t.names):
         tr, va = ~np.isnan(t.y_tr[:, j]), ~np.isnan(t.y_va[:, j])
-        y_tr, y_va = t.y_tr[tr, j], t.y_va[va, j]
+        y_tr = t.y_tr[tr, j]
         if t.kind == "regression":
-            if tr.sum() < 2 or va.sum() < 1:
-                continue
-            scores[name] = regression_metrics(y_va, probe.regression(x_tr[tr], y_tr, x_va[va]))
+            if tr.sum() >= 2 and va.sum() >= 1:
+                preds[name] = probe.regression(x_tr[tr], y_tr, x_va)
             continue
-        if len(np.unique(y_tr)) < 2 or len(np.unique(y_va)) < 2:
+        if len(np.unique(y_tr)) < 2 or len(np.unique(t.y_va[va, j])) < 2:
             if notes is not None and f"{name}: " not in " ".join(notes):
                 notes.append(f"{name}: skipped (one class only in train or val)")
             continue
-        scores[name] = binary_metrics(y_va, probe.binary(x_tr[tr], y_tr, x_va[va]))
+        preds[name] = probe.binary(x_tr[tr], y_tr, x_va)
+    return preds
+
+
+def _column(t: Targets, name: str) -> np.ndarray:
+    return t.y_va[:, t.names.index(name)]
+
+
+def scores_of(t: Targets, preds: Predictions) -> Scores:
+    """Point metrics of ``preds`` (scikit-learn), per target, with their mean."""
+    scores: Scores = {}
+    for name, p in preds.items():
+        if t.kind == "multiclass":
+            scores[name] = multiclass_metrics(t.y_va, p)
+            continue
+        y = _column(t, name)
+        known = ~np.isnan(y)
+        metrics = regression_metrics if t.kind == "regression" else binary_metrics
+        scores[name] = metrics(y[known], p[known])
     if len(scores) > 1:
         metrics = next(iter(scores.values())).keys()
         scores["mean"] = {m: float(np.nanmean([s[m] for s in scores.values()])) for m in metrics}
     return scores
 
 
+def score_targets(
+    t: Targets, x_tr: np.ndarray, x_va: np.ndarray, probe: Probe, notes: list[str] | None = None
+) -> Scores:
+    """Fit ``probe`` on train, score on val, per target."""
+    return scores_of(t, predict_targets(t, x_tr, x_va, probe, notes))
+
+
+def boot_scores(
+    t: Targets, preds: Predictions, idx: np.ndarray
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each metric of :func:`scores_of` (but AUPRC) on every resample ``idx [B, n_val]``."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, p in preds.items():
+        if t.kind == "multiclass":
+            per_class = [
+                auroc_boot((t.y_va == k).astype(np.float64), p[:, k], idx)
+                for k in range(p.shape[1])
+            ]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # resamples missing a class
+                auroc = np.nanmean(per_class, axis=0)
+            y = t.y_va.astype(np.float64)
+            out[name] = {"auroc": auroc, "accuracy": accuracy_boot(y, p.argmax(1) * 1.0, idx)}
+            continue
+        y = _column(t, name)
+        if t.kind == "regression":
+            out[name] = {"abs_err": abs_err_boot(y, p, idx), "r2": r2_boot(y, p, idx)}
+            continue
+        out[name] = {
+            "auroc": auroc_boot(y, p, idx),
+            "accuracy": accuracy_boot(y, (p >= 0.5) * 1.0, idx),
+        }
+    if len(out) > 1:
+        metrics = next(iter(out.values())).keys()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["mean"] = {m: np.nanmean([b[m] for b in out.values()], axis=0) for m in metrics}
+    return out
+
+
+def trivial_predictions(t: Targets) -> Predictions:
+    """Chance / majority class / training mean as constant predictions of every row."""
+    n = len(t.y_va)
+    if t.kind == "multiclass":
+        probs = np.zeros((n, len(t.names)))
+        probs[:, np.bincount(t.y_tr, minlength=len(t.names)).argmax()] = 1.0
+        return {"class": probs}
+    preds: Predictions = {}
+    for j, name in enumerate(t.names):
+        y_tr = t.y_tr[~np.isnan(t.y_tr[:, j]), j]
+        if len(y_tr):
+            # A constant score: AUROC 0.5, AUPRC the prevalence, accuracy the majority's.
+            value = float(np.mean(y_tr)) if t.kind == "regression" else float(np.mean(y_tr) >= 0.5)
+            preds[name] = np.full(n, value)
+    return preds
+
+
 def trivial_scores(t: Targets) -> Scores:
     """Chance / majority class / training mean, scored like a probe."""
-
-    class _Trivial:
-        def binary(self, x_tr, y_tr, x_va):  # type: ignore[no-untyped-def]
-            # A constant score: AUROC 0.5, AUPRC the prevalence, accuracy the majority's.
-            return np.full(len(x_va), float(np.mean(y_tr) >= 0.5))
-
-        def multiclass(self, x_tr, y_tr, x_va, n_classes):  # type: ignore[no-untyped-def]
-            probs = np.zeros((len(x_va), n_classes))
-            probs[:, np.bincount(y_tr, minlength=n_classes).argmax()] = 1.0
-            return probs
-
-        def regression(self, x_tr, y_tr, x_va):  # type: ignore[no-untyped-def]
-            return np.full(len(x_va), float(np.mean(y_tr)))
-
-    dummy_tr = np.zeros((len(t.y_tr), 1))
-    dummy_va = np.zeros((len(t.y_va), 1))
-    scores = score_targets(t, dummy_tr, dummy_va, _Trivial())
-    for s in scores.values():
-        if "auroc" in s:
-            s["auroc"] = 0.5
-    for name, s in scores.items():
-        if "auprc" in s and t.kind == "multilabel" and name != "mean":
-            j = t.names.index(name)
-            s["auprc"] = float(np.nanmean(t.y_va[:, j]))
-    if "mean" in scores:
-        per = [s for name, s in scores.items() if name != "mean"]
-        scores["mean"] = {m: float(np.nanmean([s[m] for s in per])) for m in scores["mean"]}
-    return scores
+    preds = trivial_predictions(t)
+    return scores_of(t, {k: v for k, v in preds.items() if k in _scorable(t, preds)})
 
 
-LOWER_IS_BETTER = {"mae"}
+def _scorable(t: Targets, preds: Predictions) -> set[str]:
+    if t.kind != "multilabel":
+        return set(preds)
+    ok = set()
+    for name in preds:
+        y = _column(t, name)
+        if len(np.unique(y[~np.isnan(y)])) == 2:
+            ok.add(name)
+    return ok
+
+
+LOWER_IS_BETTER = {"abs_err"}
 
 
 def rows_with_floors(
-    score: Scores, floors: dict[str, Scores], keep: Callable[[str], bool] = lambda m: True
+    t: Targets,
+    preds: Predictions,
+    floors: dict[str, Predictions],
+    *,
+    features: str = "",
+    keep: Callable[[str], bool] = lambda m: True,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> list[Row]:
-    """Rows of ``score`` with the floors of the same target and metric beside them."""
+    """Rows of ``preds``' scores with every floor's score of the same target and metric,
+    95 % intervals and paired differences from each floor (``n_boot`` resamples)."""
+    floors = {k: {n: p for n, p in f.items() if n in preds} for k, f in floors.items()}
+    score = scores_of(t, preds)
+    floor_scores = {k: scores_of(t, f) for k, f in floors.items()}
+    boot = floor_boot = None
+    if n_boot > 0:
+        idx = resample_indices(len(t.y_va), n_boot, seed)
+        boot = boot_scores(t, preds, idx)
+        floor_boot = {k: boot_scores(t, f, idx) for k, f in floors.items()}
     rows = []
     for target, metrics in score.items():
         for metric, value in metrics.items():
             if not keep(metric):
                 continue
-            rows.append(
-                Row(
-                    target,
-                    metric,
-                    value,
-                    {
-                        name: floor.get(target, {}).get(metric, float("nan"))
-                        for name, floor in floors.items()
-                    },
-                    metric not in LOWER_IS_BETTER,
-                )
+            row = Row(
+                target,
+                metric,
+                value,
+                {k: fs.get(target, {}).get(metric, float("nan")) for k, fs in floor_scores.items()},
+                metric not in LOWER_IS_BETTER,
+                features=features,
             )
+            if boot is not None and floor_boot is not None and metric in boot.get(target, {}):
+                attach_intervals(
+                    row,
+                    boot[target][metric],
+                    {k: b[target][metric] for k, b in floor_boot.items() if target in b},
+                )
+            rows.append(row)
+    return rows
+
+
+#: (train, val, feature mode or None for the raw pixels) -> (x_train, x_val)
+Inputs = Callable[[FeatureSet, FeatureSet, str | None], tuple[np.ndarray, np.ndarray]]
+
+
+def plain_inputs(tr: FeatureSet, va: FeatureSet, mode: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The features as they are (a linear probe standardises them itself)."""
+    return (tr.features(mode), va.features(mode)) if mode else (tr.pixels, va.pixels)
+
+
+def probe_rows(
+    ctx: EvalContext,
+    opts: ProbeOptions,
+    key: str,
+    t: Targets,
+    splits: Splits,
+    probe: Probe,
+    inputs: Inputs,
+    notes: list[str],
+    keep: Callable[[str], bool] = lambda m: True,
+) -> list[Row]:
+    """Every feature mode of ``opts`` probed, beside the random-weights, raw-pixel and
+    trivial floors, all fed through the same ``inputs`` and ``probe``."""
+    random = ctx.random_splits(opts, key.split(":")[0])
+    pixels = ctx.floor(
+        key, opts, lambda: predict_targets(t, *inputs(splits.train, splits.val, None), probe)
+    )
+    trivial = trivial_predictions(t)
+    rows: list[Row] = []
+    for mode in opts.features:
+        preds = predict_targets(t, *inputs(splits.train, splits.val, mode), probe, notes)
+        floors: dict[str, Predictions] = {}
+        if random is not None:
+            floors["random"] = ctx.floor(
+                f"{key}:{mode}",
+                opts,
+                lambda mode=mode: predict_targets(
+                    t, *inputs(random.train, random.val, mode), probe
+                ),
+                random=True,
+            )
+        floors.update(pixels=pixels, trivial=trivial)
+        rows += rows_with_floors(
+            t, preds, floors, features=mode, keep=keep, n_boot=opts.bootstrap, seed=opts.seed
+        )
     return rows

@@ -35,13 +35,15 @@ def test_run_evaluators_writes_scores_with_floors(fake_run: Path, medssl_registr
     for result in saved["results"]:
         assert result["n_train"] == 32 and result["n_val"] == 8  # 80/20 of 40 synthetic images
         for row in result["rows"]:
-            assert set(row["floors"]) == {"pixels", "trivial"}
+            assert set(row["floors"]) == {"random", "pixels", "trivial"}
             assert 0.0 <= row["score"] <= 1.0
+            assert set(row["vs"]) <= {"random", "pixels", "trivial"}
     seg = saved["results"][2]["rows"]
     assert [r["target"] for r in seg] == ["disc"] and seg[0]["metric"] == "dice"
     table = (fake_run / "eval.md").read_text()
-    assert "raw-pixel floor" in table and "trivial floor" in table
-    assert table.count("| linear_probe |") == 6  # 3 metrics x 2 feature options
+    assert "raw pixels" in table and "random weights" in table and "trivial" in table
+    # 3 metrics x (3 default feature modes + 1)
+    assert table.count("| linear_probe |") == 12
 
 
 def test_metadata_probe_on_manifest_with_age_and_sex(
@@ -73,7 +75,7 @@ def test_metadata_probe_on_manifest_with_age_and_sex(
     assert result["dataset"].endswith("(its own train/val split)")
     assert (result["n_train"], result["n_val"]) == (32, 8)
     got = {(r["target"], r["metric"]): r for r in result["rows"]}
-    assert set(got) == {("age", "mae"), ("age", "r2"), ("sex", "auroc"), ("sex", "accuracy")}
+    assert set(got) == {("age", "abs_err"), ("age", "r2"), ("sex", "auroc"), ("sex", "accuracy")}
     assert got[("age", "r2")]["floors"]["pixels"] > 0.9  # a linear function of the pixels
     assert got[("sex", "auroc")]["floors"]["trivial"] == 0.5
     assert any("view: skipped" in note for note in result["notes"])
@@ -102,7 +104,8 @@ def test_eval_cli_on_run_and_on_exported_folder(fake_run: Path, tmp_path: Path) 
     runner = CliRunner()
     result = runner.invoke(main, ["eval", str(fake_run), "-e", "knn"])
     assert result.exit_code == 0, result.output
-    assert "| knn |" in result.output and "raw-pixel floor" in result.output
+    assert "| knn |" in result.output and "raw pixels" in result.output
+    assert result.output.count("| knn |") == 9  # the table once: 3 metrics x 3 feature modes
     first = json.loads((fake_run / "eval.json").read_text())["results"][0]["rows"]
 
     hf = tmp_path / "hf"

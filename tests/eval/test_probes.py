@@ -9,7 +9,14 @@ import torch
 from medssl.eval.linear_probe import LogisticProbe
 from medssl.eval.probes import knn_scores
 from medssl.eval.segmentation import dice_per_class, fit_decoder
-from medssl.eval.targets import Targets, rows_with_floors, score_targets, trivial_scores
+from medssl.eval.targets import (
+    Targets,
+    predict_targets,
+    rows_with_floors,
+    score_targets,
+    trivial_predictions,
+    trivial_scores,
+)
 
 
 def test_knn_votes_with_nearest_neighbours_and_ignores_unknown_labels() -> None:
@@ -40,9 +47,12 @@ def test_linear_probe_scores_beat_trivial_floor_on_informative_features() -> Non
     assert score["mean"]["auroc"] > 0.95
     assert trivial["a"]["auroc"] == 0.5
     assert trivial["a"]["auprc"] == np.mean(y_va[:, 0])
-    rows = rows_with_floors(score, {"trivial": trivial})
+    preds = predict_targets(t, x_tr, x_va, LogisticProbe(None, 0))
+    rows = rows_with_floors(t, preds, {"trivial": trivial_predictions(t)}, n_boot=200)
     assert {r.metric for r in rows} == {"auroc", "auprc", "accuracy"}
     assert all("trivial" in r.floors for r in rows)
+    mean_auroc = next(r for r in rows if (r.target, r.metric) == ("mean", "auroc"))
+    assert mean_auroc.vs["trivial"][1] > 0.3  # far above chance: the paired interval says so
 
 
 def test_single_class_target_is_skipped_with_a_note() -> None:
