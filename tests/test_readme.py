@@ -1,0 +1,120 @@
+"""The README's set-up blocks work as written on a fresh clone, in a fresh virtual environment.
+
+The blocks are read from README.md, not copied here, and run line by line in ``bash``
+with two changes that keep CI short: ``python -m pytest`` only collects
+(``--collect-only``), and every ``medssl`` command trains two steps (``train.steps=2``).
+The train block runs first: it makes the fresh venv; the test block then adds the
+development extra and the example plugin in that venv, as it would on its own (each block
+starts with the same ``python3 -m venv .venv``). Everything pip installs comes from the
+pinned versions of ``constraints.txt`` (about 1.5 min for torch from a local disk).
+
+The clone is of the committed ``HEAD``: commit before running these locally.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+LICENSE_WARNING = "project.license as a TOML table is deprecated"
+
+
+def readme_block(title: str, text: str | None = None) -> list[str]:
+    """The commands of the first ```bash block whose preceding paragraph starts with
+    ``title`` (e.g. "Train", "Test")."""
+    text = README.read_text() if text is None else text
+    pattern = rf"^{re.escape(title)}\b[^\n]*\n(?:[^\n`]+\n)*\n?```bash\n(.*?)```"
+    match = re.search(pattern, text, flags=re.M | re.S)
+    if match is None:
+        raise AssertionError(f"README.md has no ```bash block after a paragraph '{title} ...'")
+    return [line for line in match.group(1).splitlines() if line.strip()]
+
+
+def _fresh_env() -> dict[str, str]:
+    """The caller's environment without its virtual environment, PYTHONPATH or medssl
+    settings, as a new user's shell would be."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") and not k.startswith("MEDSSL_")
+    }
+    venv_bins = {str(Path(sys.prefix) / "bin")} if sys.prefix != sys.base_prefix else set()
+    if os.environ.get("VIRTUAL_ENV"):
+        venv_bins.add(str(Path(os.environ["VIRTUAL_ENV"]) / "bin"))
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if p.rstrip("/") not in venv_bins
+    )
+    return env
+
+
+def _run_block(lines: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    script = "\n".join(["set -euo pipefail", *lines])
+    return subprocess.run(
+        ["bash", "-c", script],
+        cwd=cwd,
+        env=_fresh_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs git and a git checkout of medssl")
+    target = tmp_path_factory.mktemp("readme") / "medssl"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(target)], check=True, env=_fresh_env())
+    return target
+
+
+def test_readme_blocks_are_found() -> None:
+    train, test = readme_block("Train"), readme_block("Test")
+    assert train[0].startswith("python3 -m venv .venv") and test[0] == train[0]
+    assert any(line.startswith("medssl run") for line in train)
+    assert test[-1] == "python -m pytest"
+    # CI (.ci/run) installs what the test block installs, plugins included.
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'pip install -q -c constraints.txt -e ".[dev]"' in ci
+    assert '--no-build-isolation -e "$plugin"' in ci
+    assert any("--no-build-isolation -e plugins/medssl-ct" in line for line in test)
+
+
+@pytest.mark.slow
+def test_readme_train_block_trains_on_a_fresh_clone(clone: Path) -> None:
+    lines = [
+        f"{line} train.steps=2" if line.startswith("medssl ") else line
+        for line in readme_block("Train")
+    ]
+    result = _run_block(lines, clone)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert LICENSE_WARNING not in output
+    assert "run directory: runs/quickstart" in result.stdout, output[-4000:]
+    run_dir = clone / "runs" / "quickstart"
+    for name in ("config.yaml", "run.json", "backbone.safetensors", "eval.json"):
+        assert (run_dir / name).is_file(), f"the quickstart run wrote no {name}"
+
+
+@pytest.mark.slow
+def test_readme_test_block_installs_what_pytest_collects(clone: Path) -> None:
+    lines = readme_block("Test")
+    lines = [
+        f"{line} --collect-only -q -p no:cacheprovider" if line == "python -m pytest" else line
+        for line in lines
+    ]
+    result = _run_block(lines + ["python -m pip check"], clone)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert LICENSE_WARNING not in output
+    # The example plugin's tests are collected, not skipped: the block installed it.
+    assert "plugins/medssl-ct/tests/test_ct_window.py::" in result.stdout
+    assert "No broken requirements found" in result.stdout
