@@ -88,12 +88,27 @@ def main(verbose: bool) -> None:
 @click.argument("overrides", nargs=-1)
 @click.option("--resume", is_flag=True, help="Continue from the last valid checkpoint.")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Overrides output_dir.")
-def run(recipe: str, overrides: tuple[str, ...], resume: bool, output_dir: str | None) -> None:
+@click.option(
+    "--show-paths",
+    is_flag=True,
+    help="Name files that fail to load by path, not by key (paths may hold identifiers).",
+)
+def run(
+    recipe: str,
+    overrides: tuple[str, ...],
+    resume: bool,
+    output_dir: str | None,
+    show_paths: bool,
+) -> None:
     """Train the encoder a RECIPE describes and write its run directory.
 
     The run directory holds config.yaml (the resolved recipe), run.json (versions,
     plugins, seed), metrics.csv, loss_curves.png, checkpoints/ and backbone.safetensors.
     """
+    if show_paths:  # an environment variable reaches the DataLoader's worker processes
+        import os
+
+        os.environ["MEDSSL_SHOW_PATHS"] = "1"
     from medssl.data.robust import TooManyLoadFailures
     from medssl.engine.model import NonFiniteLossError
     from medssl.engine.trainer import train
