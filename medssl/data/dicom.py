@@ -91,6 +91,11 @@ def _decode(ds) -> np.ndarray:  # noqa: ANN001
                 str(exc),
             ) from None
         raise DicomReadError("pixel data cannot be decoded", str(exc)) from None
+    except ValueError as exc:  # pydicom: fewer bytes than Rows x Columns x frames need
+        raise DicomReadError(
+            "pixel data cannot be decoded (truncated, or the header's sizes do not match)",
+            str(exc),
+        ) from None
     # A warning while decoding pixels means damaged data (short or padded pixel data,
     # a corrupt compressed stream); header warnings were raised, and ignored, earlier.
     if caught:

@@ -48,6 +48,8 @@ class NonFiniteError(DataFileError):
 def _check_stat(st: os.stat_result, max_bytes: int | None) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise DataFileError("not a regular file (a FIFO, device, socket or folder)")
+    if st.st_size == 0:
+        raise DataFileError("empty file")
     if max_bytes is not None and st.st_size > max_bytes:
         raise DataFileError(
             f"file of {st.st_size} bytes is larger than the {max_bytes}-byte limit "

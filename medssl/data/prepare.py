@@ -80,7 +80,7 @@ class PrepareReport:
             f"{len(self.failures)} failed"
         )
         if self.not_regular:
-            text += f"; {self.not_regular} not regular files (FIFO, device, socket) skipped"
+            text += f"; {self.not_regular} non-regular file(s) (FIFO, device, socket) skipped"
         if self.unreadable_folders:
             text += f"; {self.unreadable_folders} unreadable folder(s) skipped"
         return text

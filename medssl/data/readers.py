@@ -122,6 +122,8 @@ def _open_pil(fh: object, settings: ReadSettings):  # noqa: ANN202
             img = Image.open(fh)
     except UnidentifiedImageError as exc:
         raise DataFileError("not an image format Pillow recognises", str(exc)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataFileError("corrupt image header", str(exc)) from None
     except Image.DecompressionBombError as exc:
         raise DataFileError(
             "image larger than Pillow's decompression-bomb limit", str(exc)

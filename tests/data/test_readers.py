@@ -13,8 +13,8 @@ from conftest import gradient, write_png
 from PIL import Image
 
 from medssl.data import ReadSettings, UnsupportedFormatError, read_image, resize_and_crop
-from medssl.data.readers import count_frames, is_supported
 from medssl.data.files import DataFileError
+from medssl.data.readers import count_frames, is_supported
 from medssl.data.volumes import scale_intensity
 
 
