@@ -20,21 +20,27 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 from conftest import write_png
 from PIL import Image
+from pydantic import BaseModel, ConfigDict
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from medssl import hookimpl
 from medssl.cli import main
 from medssl.cli_data import prepare as prepare_command
+from medssl.config import load_recipe
 from medssl.data import ImageFolder, LoadFailure, keys
 from medssl.data.files import DataFileError, NonFiniteError, scan_folder
 from medssl.data.keys import KEY_FILE_NAME, data_key, dataset_secret
 from medssl.data.prepare import TooManyPrepareFailures, prepare
 from medssl.data.readers import ReadSettings, is_supported, read_image
-from medssl.data.robust import describe_error
+from medssl.data.robust import TooManyLoadFailures, describe_error
+from medssl.engine.trainer import train
+from medssl.plugins import load_registry
 from medssl.testing.pytest_plugin import TINY_RECIPE
 
 PHI = ("Doe", "DOE", "John", "JOHN", "8675309", "QUINCY")
@@ -356,3 +362,43 @@ def test_validate_when_the_first_file_is_empty(tmp_path: Path) -> None:
         or isinstance(result.exception, SystemExit)
     )
     assert "none of the first 2 items of the dataset could be read" in result.output
+
+
+class _HalfBroken(torch.utils.data.Dataset):
+    """20 grey images of which 9 (45 %) fail to load like corrupt files."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __len__(self) -> int:
+        return 20
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | LoadFailure:
+        if index % 2 == 0 and index < 18:
+            return LoadFailure(f"key{index}", "DataFileError: empty file")
+        return {"image": torch.full((1, 64, 64), index / 20.0)}
+
+
+class _HalfBrokenPlugin:
+    @hookimpl
+    def medssl_register_datasets(self, register: object) -> None:
+        register("half_broken", _HalfBroken)  # type: ignore[operator]
+
+
+def test_max_failure_share_is_checked_on_the_last_epoch(tiny_recipe: Path) -> None:
+    # One step of one batch of all 20 images: the run never starts a second epoch, so
+    # only the end-of-run check sees the 45 % of failures (before, this exited 0).
+    registry = load_registry([_HalfBrokenPlugin()])
+    overrides = [
+        "data.name=half_broken",
+        "train.steps=1",
+        "train.batch_size=20",
+        "train.max_failure_share=0.4",
+    ]
+    recipe = load_recipe(tiny_recipe, overrides, registry)
+    with pytest.raises(
+        TooManyLoadFailures,
+        match=r"45.00% of samples failed to load, more than max_failure_share=40.00%",
+    ):
+        train(recipe, registry)
+    assert (Path(recipe.recipe.output_dir) / "backbone.safetensors").is_file()  # work kept
