@@ -100,6 +100,11 @@ def main(verbose: bool) -> None:
     help="Resume even though the recipe changes what is trained (recorded in history.jsonl).",
 )
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Overrides output_dir.")
+@click.option(
+    "--show-paths",
+    is_flag=True,
+    help="Name files that fail to load by path, not by key (paths may hold identifiers).",
+)
 def run(
     recipe: str,
     overrides: tuple[str, ...],
@@ -107,6 +112,7 @@ def run(
     resume_or_start: bool,
     accept_changes: bool,
     output_dir: str | None,
+    show_paths: bool,
 ) -> None:
     """Train the encoder a RECIPE describes and write its run directory.
 
@@ -116,6 +122,10 @@ def run(
     stopped by SIGTERM with a checkpoint saved; 75: stopped by train.max_minutes with a
     checkpoint saved; 1: an error.
     """
+    if show_paths:  # an environment variable reaches the DataLoader's worker processes
+        import os
+
+        os.environ["MEDSSL_SHOW_PATHS"] = "1"
     from medssl.data.robust import TooManyLoadFailures
     from medssl.engine.checkpoint import CheckpointError
     from medssl.engine.model import NonFiniteLossError

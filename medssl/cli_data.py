@@ -43,9 +43,32 @@ __all__ = ["prepare"]
     help="Ignore DICOM VOI LUT / window; min-max scale the modality values instead.",
 )
 @click.option(
+    "--show-paths",
     "--with-source-paths",
+    "show_paths",
     is_flag=True,
-    help="Also write each source path into the manifest (may contain identifiers).",
+    help="Show source paths and the libraries' error messages, and write the paths into "
+    "manifest.csv and failures.csv (they may hold identifiers).",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Secret of the keyed output names (created if absent; keep it outside OUT). "
+    "Default: SOURCE/.medssl-key if present, else the user's key store.",
+)
+@click.option(
+    "--max-failure-share",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Exit 1 when more than this share of the files failed (outputs are kept).",
+)
+@click.option(
+    "--max-pixels",
+    default=40_000_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Refuse images with more pixels (checked from the header, before decoding).",
 )
 def prepare(
     source: str,
@@ -55,18 +78,30 @@ def prepare(
     workers: int,
     frame: str,
     no_voi: bool,
-    with_source_paths: bool,
+    show_paths: bool,
+    key_file: str | None,
+    max_failure_share: float,
+    max_pixels: int,
 ) -> None:
     """Decode every image under SOURCE once and write compact PNGs + manifest.csv to OUT.
 
     Applies the DICOM pixel pipeline (modality LUT, VOI LUT / window, MONOCHROME1
-    inversion), resizes so the shorter side is --size, and names outputs by a hash of the
-    source path (no identifiers). Safe to interrupt and rerun: finished files are kept.
+    inversion), resizes so the shorter side is --size, and names outputs by a keyed hash
+    of the source path (no identifiers). Failures are listed by that key and a reason
+    class; --show-paths names the files. Safe to interrupt and rerun: finished files
+    are kept.
     """
+    from medssl.data.keys import KeyFileError
+    from medssl.data.prepare import TooManyPrepareFailures
     from medssl.data.prepare import prepare as run_prepare
     from medssl.data.readers import ReadSettings
 
-    settings = ReadSettings(channels=1, frame=frame, dicom_voi=not no_voi)  # type: ignore[arg-type]
+    settings = ReadSettings(
+        channels=1,
+        frame=frame,  # type: ignore[arg-type]
+        dicom_voi=not no_voi,
+        max_pixels=max_pixels,
+    )
     last = [-1]
 
     def progress(done: int, total: int) -> None:
@@ -75,20 +110,31 @@ def prepare(
             last[0] = done
             click.echo(f"  {done}/{total}", err=True)
 
-    report = run_prepare(
-        source,
-        out,
-        size=size,
-        fmt=fmt,
-        workers=workers,  # type: ignore[arg-type]
-        settings=settings,
-        with_source_paths=with_source_paths,
-        progress=progress,
-    )
+    too_many = None
+    try:
+        report = run_prepare(
+            source,
+            out,
+            size=size,
+            fmt=fmt,  # type: ignore[arg-type]
+            workers=workers,
+            settings=settings,
+            with_source_paths=show_paths,
+            progress=progress,
+            key_file=key_file,
+            max_failure_share=max_failure_share,
+        )
+    except TooManyPrepareFailures as exc:
+        too_many, report = exc, exc.report
+    except (KeyFileError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(str(report))
-    for rel, reason in report.failures[:20]:
-        click.echo(f"  failed: {rel}: {reason}", err=True)
+    for name, reason in report.failures[:20]:
+        click.echo(f"  failed: {name}: {reason}", err=True)
     if len(report.failures) > 20:
         click.echo(f"  ... {len(report.failures) - 20} more in {out}/failures.csv", err=True)
+    if too_many is not None:
+        click.echo(f"Error: {too_many}", err=True)
+        sys.exit(1)
     if report.total and len(report.failures) == report.total:
         sys.exit(1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from medssl.config import RecipeError, ResolvedRecipe, build_component
+from medssl.data.robust import LoadFailure
 from medssl.plugins import Registry
 from medssl.types import ViewRequest, Views
 
@@ -35,6 +36,20 @@ def _missing_views(request: ViewRequest, views: Views) -> list[str]:
     if request.text and views.text is None:
         missing.append("text")
     return missing
+
+
+def _first_readable(dataset: object, tries: int = 8) -> tuple[dict | None, list[tuple[str, str]]]:
+    """The first sample that loads among the first ``tries``, and the failures before it."""
+    failed: list[tuple[str, str]] = []
+    for index in range(min(tries, len(dataset))):  # type: ignore[arg-type]
+        sample = dataset[index]  # type: ignore[index]
+        if isinstance(sample, dict) and "image" in sample:
+            return sample, failed
+        if isinstance(sample, LoadFailure):
+            failed.append((sample.path, sample.reason))
+        else:
+            failed.append((f"item {index}", "no image"))
+    return None, failed
 
 
 def check_recipe(recipe: ResolvedRecipe, registry: Registry) -> list[str]:
@@ -78,9 +93,20 @@ def check_recipe(recipe: ResolvedRecipe, registry: Registry) -> list[str]:
             f"the dataset has {len(dataset)} images, fewer than train.batch_size="
             f"{recipe.train.batch_size}"
         )
-    sample = dataset[0]
-    if sample is None or "image" not in sample:
-        raise RecipeError("the first item of the dataset could not be read", source, "data")
+    sample, failed = _first_readable(dataset)
+    if sample is None:
+        raise RecipeError(
+            f"none of the first {len(failed)} items of the dataset could be read ("
+            + "; ".join(f"{key}: {reason}" for key, reason in failed[:3])
+            + ")",
+            source,
+            "data",
+        )
+    if failed:
+        notes.append(
+            f"{len(failed)} of the first items failed to load (they are skipped and counted "
+            "in training): " + "; ".join(f"{key}: {reason}" for key, reason in failed[:3])
+        )
     image = sample["image"]
     images = torch.stack([image, image.flip(-1)])
     kwargs = {"text": ["report text", "report text"]} if request.text else {}

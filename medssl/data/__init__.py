@@ -12,7 +12,9 @@ from medssl.data.base import META_KEYS, CommonOptions, FileDataset, Record
 from medssl.data.chexpert import CHEXPERT_OBSERVATIONS, CheXpert
 from medssl.data.demo import DemoCXR, default_demo_root
 from medssl.data.dicom import DicomReadError, read_dicom
+from medssl.data.files import DataFileError, NonFiniteError
 from medssl.data.folder import ImageFolder
+from medssl.data.keys import data_key, dataset_secret
 from medssl.data.manifest import CsvManifest
 from medssl.data.mimic import MimicCxrJpg
 from medssl.data.nih import NIH_FINDINGS, NIHChestXray14
@@ -23,6 +25,7 @@ from medssl.data.robust import (
     ManifestPathError,
     TooManyLoadFailures,
     collate,
+    describe_error,
 )
 from medssl.data.synthetic import SyntheticImages
 from medssl.data.transforms import resize_and_crop
@@ -35,6 +38,7 @@ __all__ = [
     "CheXpert",
     "CommonOptions",
     "CsvManifest",
+    "DataFileError",
     "DemoCXR",
     "DicomReadError",
     "FileDataset",
@@ -44,6 +48,7 @@ __all__ = [
     "ManifestPathError",
     "MimicCxrJpg",
     "NIHChestXray14",
+    "NonFiniteError",
     "ReadSettings",
     "Record",
     "SyntheticImages",
@@ -51,7 +56,10 @@ __all__ = [
     "UnsupportedFormatError",
     "VolumeReadError",
     "collate",
+    "data_key",
+    "dataset_secret",
     "default_demo_root",
+    "describe_error",
     "read_dicom",
     "read_image",
     "read_volume_slice",

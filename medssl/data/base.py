@@ -9,6 +9,7 @@ text, mask file) in ``__init__``; this class loads, resizes (shorter side to
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
 
+from medssl.data.keys import data_key, dataset_secret, printable_path, show_paths
 from medssl.data.readers import ReadSettings, read_image
 from medssl.data.robust import LoadFailure, describe_error
 from medssl.data.transforms import resize_and_crop
@@ -50,6 +52,18 @@ class CommonOptions(BaseModel):
     slice_axis: Literal[0, 1, 2] = 2
     dicom_voi: bool = Field(True, description="apply the file's VOI LUT / window, else min-max")
     volume_window: tuple[float, float] | None = None
+    max_file_bytes: int | None = Field(
+        2**31, ge=1, description="larger files (on disk, or decoded volumes) are refused"
+    )
+    max_pixels: int | None = Field(
+        40_000_000, ge=1, description="larger images are refused from their header"
+    )
+    max_aspect: float | None = Field(
+        20.0, ge=1, description="images longer than this times their width are refused"
+    )
+    non_finite: Literal["fail", "fill"] = Field(
+        "fail", description="NaN/Inf pixels fail the file, or (volumes) are filled"
+    )
 
 
 @dataclass
@@ -117,6 +131,10 @@ class FileDataset(Dataset):
             slice_axis=opts.slice_axis,
             dicom_voi=opts.dicom_voi,
             volume_window=tuple(opts.volume_window) if opts.volume_window else None,
+            max_file_bytes=opts.max_file_bytes,
+            max_pixels=opts.max_pixels,
+            max_aspect=opts.max_aspect,
+            non_finite=opts.non_finite,
         )
         self.records: list[Record] = []
 
@@ -176,8 +194,19 @@ class FileDataset(Dataset):
         except MemoryError:
             raise
         except Exception as exc:  # a bad file is counted, never fatal
-            record = self.records[index]
-            return LoadFailure(record.display or record.path, describe_error(exc))
+            return LoadFailure(self.failure_key(self.records[index]), describe_error(exc))
+
+    def failure_key(self, record: Record) -> str:
+        """How a failure names its file: the keyed hash of its path under the root
+        (the key ``medssl prepare`` gives its output), or the path with ``--show-paths``.
+        """
+        if show_paths():
+            return printable_path(record.display or record.path)
+        root = getattr(self.options, "root", None)
+        root = os.path.dirname(record.path) if root is None else os.path.expanduser(root)
+        rel = os.path.relpath(record.path, root)
+        key = data_key(dataset_secret(root), rel)
+        return key if record.frame is None else f"{key}[{record.frame}]"
 
 
 def read_mask(path: str, frame: int | None, settings: ReadSettings) -> np.ndarray:

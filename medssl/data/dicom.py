@@ -6,17 +6,25 @@ stored values -> Modality LUT or rescale slope/intercept
 (:func:`pydicom.pixels.apply_voi_lut`) -> scaled to [0, 1] -> MONOCHROME1 inverted so
 that dense tissue is always bright. Colour images (RGB, YBR, palette colour) come out
 as RGB in [0, 1]. Everything that cannot give an image raises :class:`DicomReadError`
-with a reason that names the file and the cause (never a tag value that could be PHI).
+whose text names the cause and the tag (never a tag value, which could be PHI); the
+library's message, which may quote values, is kept only in ``detail``.
+
+Byte damage is caught where DICOM makes it visible: a header that no longer parses,
+pixel data shorter than Rows × Columns × frames needs, a compressed frame the decoder
+rejects, or a decoder warning while the pixels are decoded. Flipped bytes inside
+uncompressed pixel data decode to plausible values and cannot be detected (DICOM has
+no pixel checksum).
 """
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from medssl.data.files import DataFileError, check_image_size, open_regular
 
 __all__ = ["DicomReadError", "count_dicom_frames", "dicom_to_float", "read_dicom"]
 
@@ -31,7 +39,7 @@ _MONOCHROME = {"MONOCHROME1", "MONOCHROME2"}
 _COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"}
 
 
-class DicomReadError(ValueError):
+class DicomReadError(DataFileError):
     """A DICOM file that cannot be turned into an image; the message says why."""
 
 
@@ -45,34 +53,57 @@ def _frame_index(n_frames: int, frame: FrameSpec) -> int:
     return frame % n_frames
 
 
-def _read_dataset(path: str | Path, stop_before_pixels: bool = False):  # noqa: ANN202
+def _read_dataset(path: str | Path, stop_before_pixels: bool = False, max_bytes: int | None = None):  # noqa: ANN202
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    try:
-        return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
-    except InvalidDicomError as exc:
-        raise DicomReadError(f"not a DICOM file ({_scrub(str(exc))})") from exc
+    with open_regular(path, max_bytes) as fh:
+        try:
+            return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError as exc:
+            raise DicomReadError("not a DICOM file", str(exc)) from None
 
 
-def count_dicom_frames(path: str | Path) -> int:
+def count_dicom_frames(path: str | Path, max_bytes: int | None = None) -> int:
     """Number of frames, read from the header only."""
-    ds = _read_dataset(path, stop_before_pixels=True)
-    return int(ds.get("NumberOfFrames", 1) or 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = _read_dataset(path, stop_before_pixels=True, max_bytes=max_bytes)
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise DicomReadError("invalid NumberOfFrames (0028,0008)", str(exc)) from None
 
 
 def _decode(ds) -> np.ndarray:  # noqa: ANN001
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
-        return ds.pixel_array
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        name = getattr(ts, "name", str(ts))
         if ts is not None and getattr(ts, "is_compressed", False):
+            # Only a transfer syntax pydicom knows is named: an unknown UID is file content.
+            name = ts.name if getattr(ts, "is_transfer_syntax", False) else "unknown"
             raise DicomReadError(
                 f"no installed decoder for transfer syntax {name!r}; install one "
-                "(pip install 'medssl[dicom]', or pylibjpeg-openjpeg, or python-gdcm)"
-            ) from exc
-        raise DicomReadError(f"pixel data cannot be decoded: {_scrub(str(exc))}") from exc
+                "(pip install 'medssl[dicom]', or pylibjpeg-openjpeg, or python-gdcm)",
+                str(exc),
+            ) from None
+        raise DicomReadError("pixel data cannot be decoded", str(exc)) from None
+    except ValueError as exc:  # pydicom: fewer bytes than Rows x Columns x frames need
+        raise DicomReadError(
+            "pixel data cannot be decoded (truncated, or the header's sizes do not match)",
+            str(exc),
+        ) from None
+    # A warning while decoding pixels means damaged data (short or padded pixel data,
+    # a corrupt compressed stream); header warnings were raised, and ignored, earlier.
+    if caught:
+        raise DicomReadError(
+            "pixel data decoded with a warning (truncated or damaged data)",
+            str(caught[0].message),
+        )
+    return arr
 
 
 def _output_range(arr_voi: np.ndarray, ds) -> tuple[float, float] | None:  # noqa: ANN001
@@ -102,24 +133,39 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
     return ((arr - lo) / (hi - lo)).astype(np.float32)
 
 
-def dicom_to_float(ds, frame: FrameSpec = "middle", voi: bool = True) -> np.ndarray:  # noqa: ANN001
+def dicom_to_float(
+    ds,  # noqa: ANN001
+    frame: FrameSpec = "middle",
+    voi: bool = True,
+    limits: tuple[int | None, float | None] = (None, None),
+) -> np.ndarray:
     """The display image of a pydicom dataset: ``[1, H, W]`` or ``[3, H, W]`` float32 in [0, 1].
 
     ``frame`` picks one frame of a multi-frame object (an index, ``"first"`` or
     ``"middle"``). ``voi=False`` skips the file's VOI LUT / window and min-max scales the
-    modality values instead (what RAD-DINO's preprocessing did).
+    modality values instead (what RAD-DINO's preprocessing did). ``limits`` is
+    ``(max_pixels, max_aspect)``, checked from Rows and Columns before decoding.
     """
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     sop = str(ds.get("SOPClassUID", ""))
     modality = str(ds.get("Modality", "")).upper()
-    if sop in _SEG_SOP_CLASSES or modality in _NON_IMAGE_MODALITIES:
-        raise DicomReadError(f"modality {modality or '?'} object is not an image")
+    if modality in _NON_IMAGE_MODALITIES:  # one of our constants, safe to name
+        raise DicomReadError(f"modality {modality} object is not an image")
+    if sop in _SEG_SOP_CLASSES:
+        raise DicomReadError("segmentation object (SOP class) is not an image")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DicomReadError("no pixel data element")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in _MONOCHROME | _COLOUR | {"PALETTE COLOR"}:
-        raise DicomReadError(f"unsupported photometric interpretation {photometric!r}")
+        # Name the tag, never its value: a hostile or mis-filled file may hold a name there.
+        raise DicomReadError("unsupported Photometric Interpretation (0028,0004)")
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise DicomReadError("missing or invalid Rows (0028,0010) / Columns (0028,0011)") from None
+    max_pixels, max_aspect = limits
+    check_image_size(rows, columns, max_pixels, max_aspect)
 
     arr = _decode(ds)
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -161,29 +207,25 @@ def dicom_to_float(ds, frame: FrameSpec = "middle", voi: bool = True) -> np.ndar
     return out[None]
 
 
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
-
-
-def _scrub(message: str) -> str:
-    """Drop quoted values from a library message: they may be tag values (names, IDs)."""
-    return _QUOTED.sub("<value>", " ".join(message.split()))[:200]
-
-
-def read_dicom(path: str | Path, frame: FrameSpec = "middle", voi: bool = True) -> np.ndarray:
+def read_dicom(
+    path: str | Path,
+    frame: FrameSpec = "middle",
+    voi: bool = True,
+    limits: tuple[int | None, int | None, float | None] = (None, None, None),
+) -> np.ndarray:
     """Read a DICOM file into ``[C, H, W]`` float32 in [0, 1] (see :func:`dicom_to_float`).
 
-    pydicom's warnings about invalid elements are silenced (they quote tag values) and
-    any other error becomes a :class:`DicomReadError` with quoted values removed, so
-    failure reports stay free of PHI.
+    ``limits`` is ``(max_file_bytes, max_pixels, max_aspect)``. pydicom's warnings about
+    invalid header elements are silenced (they quote tag values) and any other error
+    becomes a :class:`DicomReadError` whose text holds no value from the file.
     """
+    max_bytes, max_pixels, max_aspect = limits
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ds = _read_dataset(path)
-            return dicom_to_float(ds, frame=frame, voi=voi)
-        except (DicomReadError, MemoryError):
+            ds = _read_dataset(path, max_bytes=max_bytes)
+            return dicom_to_float(ds, frame=frame, voi=voi, limits=(max_pixels, max_aspect))
+        except (DataFileError, MemoryError, OSError):
             raise
         except Exception as exc:
-            raise DicomReadError(
-                f"unreadable DICOM: {type(exc).__name__}: {_scrub(str(exc))}"
-            ) from exc
+            raise DicomReadError(f"unreadable DICOM ({type(exc).__name__})", str(exc)) from None

@@ -6,15 +6,19 @@ folder level names the class); otherwise unlabelled, for self-supervised trainin
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from pydantic import Field
 
 from medssl.data.base import CommonOptions, FileDataset, Record, expand_frames, resolve_root
+from medssl.data.files import scan_folder
 from medssl.data.readers import is_supported
 
 __all__ = ["ImageFolder"]
+
+log = logging.getLogger(__name__)
 
 
 class ImageFolder(FileDataset):
@@ -30,13 +34,15 @@ class ImageFolder(FileDataset):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         root = resolve_root(self.options.root, "image_folder")
-        paths: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=self.options.follow_links):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                if not name.startswith(".") and is_supported(full):
-                    paths.append(full)
+        scan = scan_folder(root, is_supported, follow_links=self.options.follow_links)
+        paths = scan.files
+        if scan.not_regular or scan.unreadable:
+            log.warning(
+                "image_folder: skipped %d entries that are not regular files (FIFO, device, "
+                "socket) and %d folders that cannot be listed",
+                scan.not_regular,
+                scan.unreadable,
+            )
         if not paths:
             raise FileNotFoundError(f"image_folder: no readable image under {str(root)!r}")
         classes: list[str] = []

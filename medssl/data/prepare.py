@@ -9,14 +9,19 @@ PNG is lossless, universally readable, and 16 bits keep a CR's full depth.
 * **Resumable**: each output is written to a temporary name, fsynced and renamed, so an
   output that exists is complete; a rerun skips those, deletes stale temporaries and
   rebuilds ``manifest.csv`` (itself written by rename) from the outputs on disk.
-* **PHI-free**: output names are a hash of the source path relative to SOURCE, never DICOM
-  tags; the manifest holds the hash key, not the source path (unless asked for).
+* **PHI-free**: output names are a keyed hash (HMAC-SHA256, :mod:`medssl.data.keys`) of
+  the source path relative to SOURCE, never DICOM tags; the manifest and
+  ``failures.csv`` hold the key and a reason class, not the source path or any tag
+  value (unless ``show_paths`` is asked for). The secret is never written into OUT.
+* **Defensive**: only regular files are opened (a FIFO is counted, never read), sizes
+  are checked from headers before decoding (:mod:`medssl.data.files`), unreadable
+  folders are counted, and a failed share above ``max_failure_share`` is an error once
+  the manifest is written.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import multiprocessing as mp
 import os
 from collections.abc import Callable
@@ -27,19 +32,29 @@ from typing import Literal
 import numpy as np
 import torch
 
+from medssl.data.files import scan_folder
+from medssl.data.keys import data_key, dataset_secret, printable_path
 from medssl.data.readers import ReadSettings, is_supported, read_image
 from medssl.data.robust import describe_error
 from medssl.data.transforms import resize_shorter_side
 
-__all__ = ["PrepareReport", "output_key", "prepare", "prepare_one"]
+__all__ = ["PrepareReport", "TooManyPrepareFailures", "output_key", "prepare", "prepare_one"]
 
 Format = Literal["png8", "png16"]
 TMP_MARK = ".tmp-"
 
 
-def output_key(relative_path: str) -> str:
-    """The output name of a source file: SHA-256 of its POSIX path relative to SOURCE."""
-    return hashlib.sha256(Path(relative_path).as_posix().encode()).hexdigest()[:24]
+class TooManyPrepareFailures(RuntimeError):
+    """More than ``max_failure_share`` of the source files failed (outputs are kept)."""
+
+    def __init__(self, message: str, report: PrepareReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def output_key(relative_path: str, secret: bytes) -> str:
+    """The output name of a source file: HMAC-SHA256 of its path relative to SOURCE."""
+    return data_key(secret, relative_path)
 
 
 def _output_rel(key: str) -> str:
@@ -51,13 +66,24 @@ class PrepareReport:
     total: int = 0
     written: int = 0
     skipped: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (relative source, reason)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    not_regular: int = 0  # FIFOs, devices, sockets: never opened
+    unreadable_folders: int = 0
+
+    @property
+    def failure_share(self) -> float:
+        return len(self.failures) / self.total if self.total else 0.0
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{self.total} source files: {self.written} written, {self.skipped} already done, "
             f"{len(self.failures)} failed"
         )
+        if self.not_regular:
+            text += f"; {self.not_regular} non-regular file(s) (FIFO, device, socket) skipped"
+        if self.unreadable_folders:
+            text += f"; {self.unreadable_folders} unreadable folder(s) skipped"
+        return text
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -79,12 +105,12 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 
 def prepare_one(
-    job: tuple[str, str, str, int, Format, ReadSettings],
+    job: tuple[str, str, str, str, int, Format, ReadSettings, bool],
 ) -> tuple[str, str | None]:
     """Convert one file; returns ``(relative source, error or None)``. Never raises."""
-    src, rel, out_dir, size, fmt, settings = job
+    src, rel, key, out_dir, size, fmt, settings, paths = job
     try:
-        target = Path(out_dir) / _output_rel(output_key(rel))
+        target = Path(out_dir) / _output_rel(key)
         image = read_image(src, settings)
         resized = resize_shorter_side(torch.from_numpy(image), size).numpy()
         if fmt == "png16" and resized.shape[0] == 1:
@@ -97,18 +123,7 @@ def prepare_one(
     except MemoryError:
         raise
     except Exception as exc:
-        return rel, describe_error(exc)
-
-
-def _scan(source: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(source):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            if not name.startswith(".") and is_supported(full):
-                found.append(os.path.relpath(full, source))
-    return found
+        return rel, describe_error(exc, paths=paths)
 
 
 def _remove_stale_temporaries(out: Path) -> int:
@@ -122,7 +137,11 @@ def _remove_stale_temporaries(out: Path) -> int:
 
 
 def _write_manifest(
-    out: Path, sources: list[str], with_source_paths: bool, failures: dict[str, str]
+    out: Path,
+    sources: list[str],
+    keys: dict[str, str],
+    with_source_paths: bool,
+    failures: dict[str, str],
 ) -> None:
     from PIL import Image
 
@@ -131,7 +150,7 @@ def _write_manifest(
         columns.append("source")
     rows = []
     for rel in sources:
-        key = output_key(rel)
+        key = keys[rel]
         target = out / _output_rel(key)
         if not target.is_file():
             continue
@@ -148,7 +167,7 @@ def _write_manifest(
             "bits": bits,
         }
         if with_source_paths:
-            row["source"] = Path(rel).as_posix()
+            row["source"] = printable_path(Path(rel).as_posix())
         rows.append(row)
     rows.sort(key=lambda r: r["key"])
     tmp = out / f"manifest.csv{TMP_MARK}{os.getpid()}"
@@ -160,9 +179,12 @@ def _write_manifest(
     tmp = out / f"failures.csv{TMP_MARK}{os.getpid()}"
     with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["key", "reason"])
-        for rel in sorted(failures, key=output_key):
-            writer.writerow([output_key(rel), failures[rel]])
+        writer.writerow(["key", "reason", "source"] if with_source_paths else ["key", "reason"])
+        for rel in sorted(failures, key=keys.__getitem__):
+            row = [keys[rel], failures[rel]]
+            if with_source_paths:
+                row.append(printable_path(Path(rel).as_posix()))
+            writer.writerow(row)
     os.replace(tmp, out / "failures.csv")
 
 
@@ -175,8 +197,17 @@ def prepare(
     settings: ReadSettings | None = None,
     with_source_paths: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    key_file: str | Path | None = None,
+    max_failure_share: float = 0.05,
 ) -> PrepareReport:
-    """Convert every readable file under ``source`` into ``out`` (see the module doc)."""
+    """Convert every readable file under ``source`` into ``out`` (see the module doc).
+
+    ``with_source_paths`` (``--show-paths``) adds each source path to ``manifest.csv``
+    and ``failures.csv`` and the library's own words to failure reasons. ``key_file``
+    holds the secret of the keyed output names (:func:`medssl.data.keys.dataset_secret`).
+    Raises :class:`TooManyPrepareFailures` after writing the manifest when more than
+    ``max_failure_share`` of the files failed.
+    """
     source, out = Path(source), Path(out)
     if not source.is_dir():
         raise FileNotFoundError(f"prepare: source {str(source)!r} is not a directory")
@@ -185,18 +216,40 @@ def prepare(
     if size < 8:
         raise ValueError(f"prepare: size must be at least 8, got {size}")
     out.mkdir(parents=True, exist_ok=True)
+    out_abs = out.resolve()
+    if key_file is not None and Path(key_file).resolve().is_relative_to(out_abs):
+        raise ValueError("prepare: the key file must not lie inside OUT (it unlocks the names)")
     settings = settings or ReadSettings()
     _remove_stale_temporaries(out)
+    secret = dataset_secret(source, key_file)
     # OUT may sit inside SOURCE: its files must not be read back as sources on a rerun.
-    out_abs = out.resolve()
-    sources = [s for s in _scan(source) if not (source / s).resolve().is_relative_to(out_abs)]
-    report = PrepareReport(total=len(sources))
+    scan = scan_folder(source, is_supported)
+    sources = [
+        os.path.relpath(s, source)
+        for s in scan.files
+        if not Path(s).resolve().is_relative_to(out_abs)
+    ]
+    keys = {rel: output_key(rel, secret) for rel in sources}
+    report = PrepareReport(
+        total=len(sources), not_regular=scan.not_regular, unreadable_folders=scan.unreadable
+    )
     todo = []
     for rel in sources:
-        if (out / _output_rel(output_key(rel))).is_file():
+        if (out / _output_rel(keys[rel])).is_file():
             report.skipped += 1
         else:
-            todo.append((str(source / rel), rel, str(out), size, fmt, settings))
+            todo.append(
+                (
+                    str(source / rel),
+                    rel,
+                    keys[rel],
+                    str(out),
+                    size,
+                    fmt,
+                    settings,
+                    with_source_paths,
+                )
+            )
     failures: dict[str, str] = {}
     done = 0
     if todo:
@@ -213,12 +266,20 @@ def prepare(
                     report.written += 1
                 else:
                     failures[rel] = error
-                    report.failures.append((rel, error))
+                    shown = printable_path(rel) if with_source_paths else keys[rel]
+                    report.failures.append((shown, error))
                 if progress is not None:
                     progress(done, len(todo))
         finally:
             if pool is not None:
                 pool.close()
                 pool.join()
-    _write_manifest(out, sources, with_source_paths, failures)
+    _write_manifest(out, sources, keys, with_source_paths, failures)
+    if report.failure_share > max_failure_share:
+        raise TooManyPrepareFailures(
+            f"{len(report.failures)} of {report.total} files ({report.failure_share:.2%}) "
+            f"failed, more than max_failure_share={max_failure_share:.2%}; the outputs and "
+            f"{out / 'failures.csv'} are written (failures by key and reason)",
+            report,
+        )
     return report

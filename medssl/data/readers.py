@@ -6,6 +6,7 @@ Formats: DICOM (:mod:`medssl.data.dicom`), NIfTI / NRRD slices
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,12 @@ from typing import Literal
 import numpy as np
 
 from medssl.data.dicom import count_dicom_frames, read_dicom
+from medssl.data.files import (
+    DataFileError,
+    NonFiniteError,
+    check_image_size,
+    open_regular,
+)
 from medssl.data.volumes import count_slices, is_volume, read_volume_slice
 
 __all__ = [
@@ -30,7 +37,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
 
-class UnsupportedFormatError(ValueError):
+class UnsupportedFormatError(DataFileError):
     """A file whose format medssl does not read."""
 
 
@@ -42,6 +49,13 @@ class ReadSettings:
     index does not say (``"middle"`` or ``"first"``). ``slice_axis``: the voxel axis
     volumes are sliced along. ``dicom_voi``: apply the file's VOI LUT / window (else
     min-max). ``volume_window``: fixed intensity window for volumes (else percentiles).
+
+    Limits on hostile or accidental inputs: ``max_file_bytes`` (on disk, and decoded for
+    volumes), ``max_pixels`` (height × width, read from the header before decoding; the
+    default is well below Pillow's 89-megapixel bomb warning), ``max_aspect`` (longer
+    over shorter side). ``non_finite``: NaN/Inf pixels make the file a counted failure
+    (``"fail"``), or, for volumes with a NaN background, are filled (``"fill"``: NaN
+    becomes the window's low end); a slice with no finite pixel always fails.
     """
 
     channels: int = 1
@@ -49,13 +63,17 @@ class ReadSettings:
     slice_axis: int = 2
     dicom_voi: bool = True
     volume_window: tuple[float, float] | None = None
+    max_file_bytes: int | None = 2**31
+    max_pixels: int | None = 40_000_000
+    max_aspect: float | None = 20.0
+    non_finite: Literal["fail", "fill"] = "fail"
 
 
 def _looks_like_dicom(path: Path) -> bool:
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(132)
-    except OSError:
+    except (OSError, DataFileError):
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
 
@@ -79,7 +97,7 @@ def _kind(path: Path) -> str:
         return "image"
     if _looks_like_dicom(path):
         return "dicom"
-    raise UnsupportedFormatError(f"unsupported file type {path.suffix or '(no suffix)'!r}")
+    raise UnsupportedFormatError("unsupported file type")
 
 
 def count_frames(path: str | Path, settings: ReadSettings) -> int:
@@ -87,17 +105,45 @@ def count_frames(path: str | Path, settings: ReadSettings) -> int:
     path = Path(path)
     kind = _kind(path)
     if kind == "dicom":
-        return count_dicom_frames(path)
+        return count_dicom_frames(path, settings.max_file_bytes)
     if kind == "volume":
-        return count_slices(path, settings.slice_axis)
+        return count_slices(path, settings.slice_axis, settings.max_file_bytes)
     return 1
 
 
-def _read_pil(path: Path) -> np.ndarray:
-    from PIL import Image
+def _open_pil(fh: object, settings: ReadSettings):  # noqa: ANN202
+    """Open (header only) and check the size before any pixel is decoded."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as img:
-        img.load()  # decode now so that a truncated file fails here, not later
+    try:
+        with warnings.catch_warnings():
+            # Our own limit is lower; Pillow's bomb warning would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fh)
+    except UnidentifiedImageError as exc:
+        raise DataFileError("not an image format Pillow recognises", str(exc)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataFileError("corrupt image header", str(exc)) from None
+    except Image.DecompressionBombError as exc:
+        raise DataFileError(
+            "image larger than Pillow's decompression-bomb limit", str(exc)
+        ) from None
+    try:
+        check_image_size(img.height, img.width, settings.max_pixels, settings.max_aspect)
+    except DataFileError:
+        img.close()
+        raise
+    return img
+
+
+def _read_pil(path: Path, settings: ReadSettings) -> np.ndarray:
+    with open_regular(path, settings.max_file_bytes) as fh, _open_pil(fh, settings) as img:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # EXIF and metadata chatter
+                img.load()  # decode now so that a truncated file fails here, not later
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise DataFileError("truncated or corrupt image data", str(exc)) from None
         mode = img.mode
         if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
             arr = np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
@@ -105,6 +151,7 @@ def _read_pil(path: Path) -> np.ndarray:
             arr = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
         elif mode == "F":
             arr = np.asarray(img, dtype=np.float32)
+            _check_finite(arr)
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
         elif mode in ("L", "1"):
@@ -116,6 +163,12 @@ def _read_pil(path: Path) -> np.ndarray:
     if arr.ndim == 2:
         return arr[None]
     return np.ascontiguousarray(np.moveaxis(arr, -1, 0))
+
+
+def _check_finite(arr: np.ndarray) -> None:
+    bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise NonFiniteError(f"{bad} of {arr.size} pixel values are NaN or infinite")
 
 
 def to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
@@ -143,13 +196,26 @@ def read_image(
     kind = _kind(path)
     if kind == "dicom":
         arr = read_dicom(
-            path, frame=settings.frame if frame is None else frame, voi=settings.dicom_voi
+            path,
+            frame=settings.frame if frame is None else frame,
+            voi=settings.dicom_voi,
+            limits=(settings.max_file_bytes, settings.max_pixels, settings.max_aspect),
         )
     elif kind == "volume":
         index = frame
         if index is None and settings.frame == "first":
             index = 0
-        arr = read_volume_slice(path, index, settings.slice_axis, settings.volume_window)
+        arr = read_volume_slice(
+            path,
+            index,
+            settings.slice_axis,
+            settings.volume_window,
+            limits=(settings.max_file_bytes, settings.max_pixels, settings.max_aspect),
+            non_finite=settings.non_finite,
+        )
     else:
-        arr = _read_pil(path)
+        arr = _read_pil(path, settings)
+    # The scaling above turns one NaN or Inf into a whole image of NaN: refuse it here,
+    # in the loader, so that it is a counted failure and never reaches the loss.
+    _check_finite(arr)
     return to_channels(arr, settings.channels)

@@ -2,8 +2,10 @@
 
 An adapter's ``__getitem__`` returns a :class:`LoadFailure` instead of raising when a
 file is truncated, corrupt or undecodable. :func:`collate` drops those and carries
-their ``(path, reason)`` records in the batch under ``"failures"``, so the count
-survives DataLoader worker processes. The engine feeds every batch to a
+their ``(key, reason)`` records in the batch under ``"failures"``, so the count
+survives DataLoader worker processes. A failure names the file by its keyed hash
+(:mod:`medssl.data.keys`) and the reason by its class, never by path or tag value,
+unless the user asked for paths (``--show-paths``). The engine feeds every batch to a
 :class:`LoadFailures` tracker, reports once at the end of the epoch, and aborts only
 when the failed share exceeds ``max_failure_share``.
 """
@@ -20,6 +22,9 @@ from typing import Any
 
 import torch
 
+from medssl.data.files import DataFileError
+from medssl.data.keys import show_paths
+
 __all__ = [
     "LoadFailure",
     "LoadFailures",
@@ -35,7 +40,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoadFailure:
-    """Returned by an adapter in place of a sample whose file could not be loaded."""
+    """Returned by an adapter in place of a sample whose file could not be loaded.
+
+    ``path`` is the file's key (:func:`medssl.data.keys.data_key`), or its path under
+    the root only when the user passed ``--show-paths``.
+    """
 
     path: str
     reason: str
@@ -49,10 +58,27 @@ class ManifestPathError(ValueError):
     """A manifest path that is absolute or escapes the dataset root."""
 
 
-def describe_error(exc: BaseException, limit: int = 240) -> str:
-    """``"TypeName: message"`` on one line, shortened (no traceback, no tag dumps)."""
-    text = " ".join(str(exc).split())
-    reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def describe_error(exc: BaseException, limit: int = 240, paths: bool | None = None) -> str:
+    """The reason class of a failed load, on one line, free of PHI.
+
+    :class:`~medssl.data.files.DataFileError` carries medssl's own words
+    (``"DicomReadError: unsupported Photometric Interpretation (0028,0004)"``); any
+    other exception is named by its type (and ``strerror`` for an ``OSError``), since
+    library messages quote paths and tag values. ``paths=True`` (default: whether the
+    user passed ``--show-paths``) appends the library's message.
+    """
+    paths = show_paths() if paths is None else paths
+    name = type(exc).__name__
+    if isinstance(exc, DataFileError):
+        text = str(exc)
+        if paths and exc.detail:
+            text += f" ({exc.detail})"
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = str(exc) if paths else exc.strerror
+    else:
+        text = str(exc) if paths else ""
+    text = " ".join(text.split())
+    reason = f"{name}: {text}" if text else name
     return reason if len(reason) <= limit else reason[: limit - 3] + "..."
 
 

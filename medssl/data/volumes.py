@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl.data.files import DataFileError, NonFiniteError, check_image_size, check_regular
+
 __all__ = [
     "VOLUME_SUFFIXES",
     "VolumeReadError",
@@ -28,7 +30,7 @@ __all__ = [
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr")
 
 
-class VolumeReadError(ValueError):
+class VolumeReadError(DataFileError):
     """A volume that cannot be read or sliced; the message says why."""
 
 
@@ -40,23 +42,41 @@ def _is_nifti(path: str) -> bool:
     return path.lower().endswith((".nii", ".nii.gz"))
 
 
-def volume_shape(path: str | Path) -> tuple[int, ...]:
-    """The voxel-array shape, from the header only."""
-    path = str(path)
+def _header(path: str) -> tuple[tuple[int, ...], int]:
+    """Shape and bytes per voxel, from the header only."""
     try:
         if _is_nifti(path):
             import nibabel as nib
 
-            return tuple(int(s) for s in nib.load(path).shape)
+            img = nib.load(path)
+            return tuple(int(s) for s in img.shape), img.header.get_data_dtype().itemsize
         import nrrd
 
-        return tuple(int(s) for s in nrrd.read_header(path)["sizes"])
+        header = nrrd.read_header(path)
+        dtype = nrrd.reader._determine_datatype(header)
+        return tuple(int(s) for s in header["sizes"]), np.dtype(dtype).itemsize
     except Exception as exc:
-        raise VolumeReadError(f"cannot read volume header: {type(exc).__name__}: {exc}") from exc
+        raise VolumeReadError(
+            f"cannot read volume header ({type(exc).__name__})", str(exc)
+        ) from None
 
 
-def count_slices(path: str | Path, axis: int) -> int:
-    shape = volume_shape(path)
+def volume_shape(path: str | Path, max_bytes: int | None = None) -> tuple[int, ...]:
+    """The voxel-array shape, from the header only; refuses non-regular or huge files."""
+    path = str(path)
+    check_regular(path, max_bytes)
+    shape, itemsize = _header(path)
+    decoded = int(np.prod(shape, dtype=np.float64)) * itemsize
+    if max_bytes is not None and decoded > max_bytes:
+        raise VolumeReadError(
+            f"volume of shape {shape} decodes to {decoded} bytes, more than the "
+            f"{max_bytes}-byte limit (data.max_file_bytes)"
+        )
+    return shape
+
+
+def count_slices(path: str | Path, axis: int, max_bytes: int | None = None) -> int:
+    shape = volume_shape(path, max_bytes)
     if len(shape) < 3:
         raise VolumeReadError(f"volume has {len(shape)} dimension(s); need 3 to slice")
     return shape[axis]
@@ -75,7 +95,7 @@ def _cached_volume(path: str, mtime_ns: int) -> np.ndarray:
 
             data, _ = nrrd.read(path)
     except Exception as exc:
-        raise VolumeReadError(f"cannot decode volume: {type(exc).__name__}: {exc}") from exc
+        raise VolumeReadError(f"cannot decode volume ({type(exc).__name__})", str(exc)) from None
     data = np.asarray(data)
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -84,9 +104,10 @@ def _cached_volume(path: str, mtime_ns: int) -> np.ndarray:
     return data
 
 
-def load_volume(path: str | Path) -> np.ndarray:
-    """The whole voxel array (cached per process)."""
+def load_volume(path: str | Path, max_bytes: int | None = None) -> np.ndarray:
+    """The whole voxel array (cached per process), after the header passed the limits."""
     path = str(path)
+    volume_shape(path, max_bytes)
     return _cached_volume(path, os.stat(path).st_mtime_ns)
 
 
@@ -111,16 +132,30 @@ def read_volume_slice(
     index: int | None = None,
     axis: int = 2,
     window: tuple[float, float] | None = None,
+    limits: tuple[int | None, int | None, float | None] = (None, None, None),
+    non_finite: str = "fail",
 ) -> np.ndarray:
     """One slice as ``[1, H, W]`` float32 in [0, 1]; ``index=None`` takes the middle one.
 
     The slice is transposed so that the first remaining voxel axis runs along the
     columns, which shows an axial slice of an LPS/RAS volume the usual way up to a flip.
+    ``limits`` is ``(max_file_bytes, max_pixels, max_aspect)``. NaN/Inf voxels in the
+    slice fail it (``non_finite="fail"``) or are filled (``"fill"``); a slice without a
+    single finite voxel fails either way, rather than becoming a black image.
     """
-    vol = load_volume(path)
+    max_bytes, max_pixels, max_aspect = limits
+    vol = load_volume(path, max_bytes)
     n = vol.shape[axis]
     index = n // 2 if index is None else index
     if not -n <= index < n:
         raise VolumeReadError(f"slice {index} out of range for {n} slices along axis {axis}")
     plane = np.take(vol, index % n, axis=axis).T
+    check_image_size(plane.shape[0], plane.shape[1], max_pixels, max_aspect)
+    if plane.dtype.kind in "fc":
+        finite = int(np.count_nonzero(np.isfinite(plane)))
+        if finite == 0 or (non_finite == "fail" and finite < plane.size):
+            raise NonFiniteError(
+                f"{plane.size - finite} of {plane.size} voxel values of the slice are NaN "
+                "or infinite"
+            )
     return scale_intensity(plane, window)[None]

@@ -787,11 +787,14 @@ class Trainer:
         log.info("collapse diagnostics: final state %s", summary.get("final_state"))
         if self.fabric.global_rank == 0:
             (self.run_dir / "diagnostics.json").write_text(json.dumps(summary, indent=2))
-            if self.load_failures.n_failed:
-                # The epoch-start check never sees the last epoch: list its files here.
-                log.warning("last epoch: %s", self.load_failures.summary())
             if self.failures_total:
                 log.warning("%d images failed to load in this run in all", self.failures_total)
+        if stopped and self.load_failures.n_failed:
+            log.warning("epoch so far: %s", self.load_failures.summary())
+        elif not stopped:
+            # The epoch-start check never sees the last epoch: check it here, so that a
+            # run whose last (or only) epoch failed too often does not end as a success.
+            self.epoch_end_check(max(step - 1, 0) // self.steps_per_epoch + 1)
         log.info(
             "done: %d steps in %.1f s; run directory %s",
             step,

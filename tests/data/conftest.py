@@ -40,3 +40,13 @@ def gradient(height: int, width: int, dtype: type = np.uint8) -> np.ndarray:
     top = np.iinfo(dtype).max
     ramp = np.linspace(0, top, width, dtype=np.float64)[None].repeat(height, 0)
     return np.round(ramp).astype(dtype)
+
+
+@pytest.fixture(autouse=True)
+def _key_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep the secrets of keyed file names out of the user's home during tests."""
+    store = tmp_path_factory.mktemp("keys")
+    monkeypatch.setenv("MEDSSL_KEY_DIR", str(store))
+    monkeypatch.delenv("MEDSSL_KEY_FILE", raising=False)
+    monkeypatch.delenv("MEDSSL_SHOW_PATHS", raising=False)
+    return store

@@ -28,6 +28,7 @@ from medssl.data import (
     SyntheticImages,
     collate,
 )
+from medssl.data.keys import data_key, dataset_secret
 
 IDENTIFIERS = ("9000000", "patient9", "1900000", "5900000")
 
@@ -152,8 +153,10 @@ def test_csv_manifest_missing_file_is_a_counted_failure(tmp_path: Path) -> None:
     _manifest(tmp_path, [{"path": "gone.png"}])
     ds = CsvManifest(root=str(tmp_path), manifest="m.csv")
     item = ds[0]
-    assert isinstance(item, LoadFailure) and item.path == "gone.png"
-    assert item.reason.startswith("FileNotFoundError")
+    assert isinstance(item, LoadFailure) and item.path == data_key(
+        dataset_secret(tmp_path), "gone.png"
+    )
+    assert item.reason == "FileNotFoundError: No such file or directory"
 
 
 def test_nih_chestxray14(tmp_path: Path) -> None:

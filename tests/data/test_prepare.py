@@ -19,7 +19,13 @@ from conftest import REPO, write_png
 from PIL import Image
 
 from medssl.cli_data import prepare as prepare_command
-from medssl.data.prepare import TMP_MARK, output_key, prepare
+from medssl.data.keys import dataset_secret
+from medssl.data.prepare import TMP_MARK, prepare
+from medssl.data.prepare import output_key as keyed_output_key
+
+
+def output_key(rel: str, source: Path) -> str:
+    return keyed_output_key(rel, dataset_secret(source))
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
@@ -38,26 +44,27 @@ def test_prepare_outputs_and_no_phi(tmp_path: Path, pydicom_data: Path) -> None:
     write_png(src / "wide.png", np.tile(np.arange(0, 240, 2, dtype=np.uint8), (60, 1)))
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        prepare_command, [str(src), str(out), "--size", "32", "--workers", "1"]
+        prepare_command,
+        [str(src), str(out), "--size", "32", "--workers", "1", "--max-failure-share", "0.3"],
     )
     assert result.exit_code == 0, result.output
     assert "4 source files: 3 written, 0 already done, 1 failed" in result.output
     rows = {r["key"]: r for r in _rows(out)}
-    mr = rows[output_key("DOE_JANE/mr.dcm")]
+    mr = rows[output_key("DOE_JANE/mr.dcm", src)]
     assert (mr["height"], mr["width"], mr["bits"], mr["channels"]) == ("32", "32", "16", "1")
     with Image.open(out / mr["path"]) as img:
         assert img.mode.startswith("I") and img.size == (32, 32)
-    us = rows[output_key("us.dcm")]
+    us = rows[output_key("us.dcm", src)]
     # 480x640 RGB: aspect kept, converted to grey (chest X-ray training is single-channel)
     assert (us["height"], us["width"], us["bits"], us["channels"]) == ("32", "43", "16", "1")
-    wide = rows[output_key("wide.png")]
+    wide = rows[output_key("wide.png", src)]
     assert (wide["height"], wide["width"]) == ("32", "64")
     assert "source" not in mr
     with open(out / "failures.csv") as fh:
         failures = list(csv.DictReader(fh))
     assert failures == [
         {
-            "key": output_key("seg.dcm"),
+            "key": output_key("seg.dcm", src),
             "reason": "DicomReadError: modality SEG object is not an image",
         }
     ]
@@ -66,7 +73,7 @@ def test_prepare_outputs_and_no_phi(tmp_path: Path, pydicom_data: Path) -> None:
         if path.is_file():
             data = path.read_bytes()
             assert b"DOE" not in data and b"PID12345" not in data
-    again = prepare(src, out, size=32, workers=1, with_source_paths=True)
+    again = prepare(src, out, size=32, workers=1, with_source_paths=True, max_failure_share=0.3)
     assert (again.written, again.skipped, len(again.failures)) == (0, 3, 1)
     assert {r["source"] for r in _rows(out)} == {"DOE_JANE/mr.dcm", "us.dcm", "wide.png"}
 
@@ -124,7 +131,7 @@ def test_prepare_killed_midway_then_resumed(tmp_path: Path) -> None:
     rows = _rows(out)
     assert len(rows) == n and len({r["key"] for r in rows}) == n
     assert {r["key"] for r in rows} == {
-        output_key(str(p.relative_to(src))) for p in src.rglob("*.png")
+        output_key(str(p.relative_to(src)), src) for p in src.rglob("*.png")
     }
     outputs = list((out / "images").rglob("*.png"))
     assert len(outputs) == n

@@ -13,6 +13,7 @@ from conftest import gradient, write_png
 from PIL import Image
 
 from medssl.data import ReadSettings, UnsupportedFormatError, read_image, resize_and_crop
+from medssl.data.files import DataFileError
 from medssl.data.readers import count_frames, is_supported
 from medssl.data.volumes import scale_intensity
 
@@ -64,7 +65,7 @@ def test_unsupported_and_truncated(tmp_path: Path) -> None:
     )
     data = good.read_bytes()
     good.write_bytes(data[: len(data) // 2])
-    with pytest.raises(OSError):
+    with pytest.raises(DataFileError, match="truncated or corrupt image data"):
         read_image(good)
 
 

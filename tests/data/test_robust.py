@@ -19,6 +19,7 @@ from medssl.data import (
     TooManyLoadFailures,
     collate,
 )
+from medssl.data.keys import data_key, dataset_secret
 from medssl.data.robust import resolve_under_root
 
 
@@ -130,7 +131,8 @@ def test_fuzz_corrupt_files_are_counted_not_fatal(tmp_path: Path, pydicom_data: 
             assert torch.isfinite(batch["image"]).all()
     assert tracker.n_seen == n + 1 and loaded + tracker.n_failed == n + 1
     assert loaded >= 1 and tracker.n_failed >= len(sources) * 2  # empty files at least
-    files = {p.name for p in root.iterdir()}
+    secret = dataset_secret(root)
+    files = {data_key(secret, p.name) for p in root.iterdir()}
     for path, reason in tracker.failures:
         assert path in files and reason.split(":")[0].isidentifier()
     strict = LoadFailures(max_failure_share=0.01)

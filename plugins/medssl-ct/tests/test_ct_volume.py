@@ -9,6 +9,7 @@ import pytest
 import torch
 from medssl_ct.volume import CTVolume, decode_hu, encode_hu
 
+from medssl.data import data_key, dataset_secret
 from medssl.testing.dataset import DatasetContractTests
 
 VOLUMES = Path(__file__).parent / "fixtures" / "volumes"
@@ -124,12 +125,15 @@ def test_scan_pairs_masks_by_name():
     assert masks == [name.replace(".", "_mask.", 1) for name in images]
 
 
-def test_unreadable_volume_is_skipped_with_its_name(tmp_path, caplog):
+def test_unreadable_volume_is_skipped_and_named_by_key(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("MEDSSL_KEY_DIR", str(tmp_path / "keys"))
     (tmp_path / "broken.nii.gz").write_bytes(b"not a volume")
     (tmp_path / "good.nrrd").symlink_to(VOLUMES / "lung1_ct.nrrd")
     ds = CTVolume(root=str(tmp_path))
     assert [name for name, _ in ds.skipped] == ["broken.nii.gz"]
-    assert any("broken.nii.gz" in r.getMessage() for r in caplog.records)
+    key = data_key(dataset_secret(tmp_path), "broken.nii.gz")  # logs name no file
+    assert any(key in r.getMessage() for r in caplog.records)
+    assert not any("broken" in r.getMessage() for r in caplog.records)
     assert len(ds) == 48
 
 

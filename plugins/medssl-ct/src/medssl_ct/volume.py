@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from medssl.data import LoadFailure, VolumeReadError
+from medssl.data import LoadFailure, VolumeReadError, describe_error
+from medssl.data.keys import data_key, dataset_secret, printable_path, show_paths
 
 __all__ = ["CTVolume", "HU_RANGE", "VolumeEntry", "decode_hu", "encode_hu"]
 
@@ -245,8 +247,8 @@ class CTVolume(Dataset):
             try:
                 shape, spacing = _canonical_header(Path(image))
             except Exception as exc:  # one unreadable header must not hide the others
-                reason = f"{type(exc).__name__}: {exc}"
-                log.warning("ct_volume: skipping %s: %s", entry.image, reason)
+                reason = describe_error(exc)
+                log.warning("ct_volume: skipping %s: %s", self._failure_key(image), reason)
                 self.skipped.append((entry.image, reason))
                 continue
             if o.spacing is not None:  # torchio keeps the field of view when resampling
@@ -418,4 +420,12 @@ class CTVolume(Dataset):
             raise
         except Exception as exc:  # a bad volume is counted by the engine, never fatal
             volume, _ = self._locate(index)
-            return LoadFailure(self.volumes[volume][0], f"{type(exc).__name__}: {exc}")
+            return LoadFailure(self._failure_key(self.volumes[volume][0]), describe_error(exc))
+
+    def _failure_key(self, image: str) -> str:
+        """A volume as failure reports name it: its keyed hash, or with --show-paths its path."""
+        if show_paths():
+            return printable_path(image)
+        root = self.options.root
+        root = os.path.dirname(image) if root is None else os.path.expanduser(root)
+        return data_key(dataset_secret(root), os.path.relpath(image, root))
