@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medssl.config import RecipeError, load_recipe
+from medssl.engine.loggers import log_eval_scores
 from medssl.plugins import Registry
 
 log = logging.getLogger("medssl.ablate")
@@ -168,7 +169,8 @@ def run_ablation(
                 raise RuntimeError(
                     f"variant {v.name} stopped before its last step; rerun ablate to resume it"
                 )
-            run_evaluators(run_dir, resolved, registry, floor_cache=floor_cache)
+            scores = run_evaluators(run_dir, resolved, registry, floor_cache=floor_cache)
+            log_eval_scores(resolved.recipe.train.loggers, run_dir, scores)
             (run_dir / "variant.json").write_text(json.dumps(v.signature(), indent=2))
         payload = json.loads((run_dir / "eval.json").read_text())
         summaries.append(

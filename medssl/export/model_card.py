@@ -20,32 +20,9 @@ from typing import Any
 
 import yaml
 
-__all__ = ["write_model_card", "model_card", "public_options"]
+from medssl.engine.run_info import public_options
 
-# Option names that hold locations (files, folders, tables, URLs) in dataset adapters.
-_PATH_WORDS = ("path", "root", "dir", "file", "manifest", "csv", "url", "folder", "table")
-
-
-def _looks_like_path(value: Any) -> bool:
-    return isinstance(value, str) and (
-        "/" in value or "\\" in value or value.startswith("~") or "." in Path(value).suffix
-    )
-
-
-def public_options(block: Mapping[str, Any]) -> dict[str, Any]:
-    """A recipe block without the options that are, or may be, paths (possible PHI)."""
-    out: dict[str, Any] = {}
-    for key, value in block.items():
-        if any(word in key.lower() for word in _PATH_WORDS) or _looks_like_path(value):
-            continue
-        if isinstance(value, Mapping):
-            value = public_options(value)
-        elif isinstance(value, list | tuple):
-            if any(_looks_like_path(v) for v in value):
-                continue
-            value = [public_options(v) if isinstance(v, Mapping) else v for v in value]
-        out[key] = value
-    return out
+__all__ = ["write_model_card", "model_card"]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -10,8 +10,8 @@ import yaml
 from click.testing import CliRunner
 
 from medssl.cli import main
+from medssl.engine.run_info import public_options
 from medssl.eval.base import EvalResult, Row
-from medssl.export.model_card import public_options
 
 transformers = pytest.importorskip("transformers")
 
