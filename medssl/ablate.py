@@ -25,6 +25,7 @@ from typing import Any
 
 from medssl.config import RecipeError, load_recipe
 from medssl.engine.checkpoint import latest_valid_checkpoint
+from medssl.engine.loggers import log_eval_scores
 from medssl.engine.run_lock import RunLock
 from medssl.plugins import Registry
 
@@ -193,7 +194,8 @@ def _run_locked(
                     f"variant {v.name} stopped before its last step; rerun ablate to resume it",
                     result,
                 )
-            run_evaluators(run_dir, resolved, registry, floor_cache=floor_cache)
+            scores = run_evaluators(run_dir, resolved, registry, floor_cache=floor_cache)
+            log_eval_scores(resolved.recipe.train.loggers, run_dir, scores)
             (run_dir / "variant.json").write_text(json.dumps(v.signature(), indent=2))
         payload = json.loads((run_dir / "eval.json").read_text())
         summaries.append(

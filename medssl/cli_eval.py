@@ -144,10 +144,20 @@ def eval_command(
 @click.argument("options", nargs=-1)
 @click.option("--format", "fmt", default="hf", show_default=True, help="A registered exporter.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-def export(run_dir: str, options: tuple[str, ...], fmt: str, out: str) -> None:
+@click.option(
+    "--channels",
+    type=click.Choice(["1", "3"]),
+    help="Input channels of the exported model (hf: 3, RGB-ready, by default; 1 keeps a "
+    "grey encoder grey). Same as the option channels=N.",
+)
+def export(
+    run_dir: str, options: tuple[str, ...], fmt: str, out: str, channels: str | None
+) -> None:
     """Export the encoder of RUN_DIR (e.g. --format hf: a transformers Dinov2Model folder).
 
-    OPTIONS are the exporter's KEY=VALUE options, e.g. include_heads=false.
+    OPTIONS are the exporter's KEY=VALUE options, e.g. include_heads=false. The hf format
+    writes a grey encoder as an RGB-input model (a grey image converted to RGB gives the
+    same features) and a model card, README.md.
     """
     from pydantic import ValidationError
 
@@ -162,6 +172,8 @@ def export(run_dir: str, options: tuple[str, ...], fmt: str, out: str) -> None:
         if not sep:
             raise click.ClickException(f"exporter option {item!r} is not KEY=VALUE")
         raw[key] = value
+    if channels is not None:
+        raw["channels"] = channels
     model = component.options_model
     try:
         opts = model.model_validate(raw).model_dump() if model is not None else raw

@@ -114,6 +114,20 @@ class TrainOptions(_Strict):
     diagnostics_every: int = Field(10, gt=0)
     max_failure_share: float = Field(0.05, ge=0, le=1, description="abort above this share")
     max_minutes: float | None = Field(None, gt=0, description="stop (with a checkpoint) after")
+    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["csv"],
+        description="experiment trackers (medssl.engine.loggers); metrics.csv is always written",
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _trackers_installed(cls, value: list[str]) -> list[str]:
+        from medssl.engine.loggers import missing_tracker_packages
+
+        missing = missing_tracker_packages(value)
+        if missing:
+            raise ValueError("not installed: " + "; ".join(missing))
+        return value
 
     @field_validator("precision", mode="before")
     @classmethod

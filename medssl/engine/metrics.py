@@ -1,4 +1,4 @@
-"""Metric sinks: ``metrics.csv`` always, TensorBoard when installed, a loss plot at the end."""
+"""``metrics.csv`` and the loss plot; other trackers are in :mod:`medssl.engine.loggers`."""
 
 from __future__ import annotations
 
@@ -36,13 +36,6 @@ class MetricsWriter:
                 if None not in row.values() and int(row["step"]) <= resume_step
             ]
         self._rewrite()
-        self.tensorboard = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-        except Exception:  # TensorBoard is optional
-            self.tensorboard = None
 
     def _rewrite(self) -> None:
         tmp = self.path.with_suffix(".csv.tmp")
@@ -62,13 +55,9 @@ class MetricsWriter:
         else:
             with self.path.open("a", newline="") as fh:
                 csv.DictWriter(fh, fieldnames=self.columns).writerow(row)
-        if self.tensorboard is not None:
-            for key, value in values.items():
-                self.tensorboard.add_scalar(key, value, step)
 
     def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        """Nothing to flush (every row is written when logged); kept for the trainer."""
 
 
 def _fmt(value: float) -> float | str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata as importlib_metadata
 import platform
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,30 @@ def run_info(registry: Registry, seed: int, extra: dict[str, Any] | None = None)
         "cuda": torch.cuda.is_available(),
         **(extra or {}),
     }
+
+
+# Option names that hold locations (files, folders, tables, URLs) in dataset adapters.
+_PATH_WORDS = ("path", "root", "dir", "file", "manifest", "csv", "url", "folder", "table")
+
+
+def _looks_like_path(value: Any) -> bool:
+    """Separators, ``~``, or a file extension (``labels.csv``; not ``3.11.7``)."""
+    return isinstance(value, str) and (
+        "/" in value or "\\" in value or value.startswith("~") or Path(value).suffix[1:].isalpha()
+    )
+
+
+def public_options(block: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe block without the options that are, or may be, paths (possible PHI)."""
+    out: dict[str, Any] = {}
+    for key, value in block.items():
+        if any(word in key.lower() for word in _PATH_WORDS) or _looks_like_path(value):
+            continue
+        if isinstance(value, Mapping):
+            value = public_options(value)
+        elif isinstance(value, list | tuple):
+            if any(_looks_like_path(v) for v in value):
+                continue
+            value = [public_options(v) if isinstance(v, Mapping) else v for v in value]
+        out[key] = value
+    return out

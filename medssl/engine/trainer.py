@@ -32,6 +32,7 @@ from medssl.data.robust import LoadFailures
 from medssl.engine import checkpoint as ckpt
 from medssl.engine import schedules
 from medssl.engine.ema import ema_update
+from medssl.engine.loggers import Trackers
 from medssl.engine.metrics import MetricsWriter, plot_losses
 from medssl.engine.model import SSLModel, objective_setup_order
 from medssl.engine.resume_check import (
@@ -694,6 +695,17 @@ class Trainer:
             if self.fabric.global_rank == 0
             else None
         )
+        trackers = (
+            Trackers.open(
+                self.train_opts.loggers,
+                self.run_dir,
+                self.recipe.config,
+                json.loads((self.run_dir / "run.json").read_text()),
+                resume=self.resume,
+            )
+            if self.fabric.global_rank == 0
+            else None
+        )
         opts = self.train_opts
         accum = opts.grad_accumulation
         step = start_step
@@ -747,6 +759,8 @@ class Trainer:
                     window_start, window_images = time.perf_counter(), 0
                     if metrics_writer is not None:
                         metrics_writer.log(step, step_metrics)
+                    if trackers is not None:
+                        trackers.log_metrics(step, step_metrics)
                     progress.log(step, step_metrics)
                 last_metrics = step_metrics
                 progress.advance(step, last_metrics)
@@ -783,6 +797,8 @@ class Trainer:
             metrics_writer.close()
             if (self.run_dir / "metrics.csv").is_file():
                 plot_losses(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
+        if trackers is not None:
+            trackers.finish(stopped)
         summary = diagnostics.summary()
         log.info("collapse diagnostics: final state %s", summary.get("final_state"))
         if self.fabric.global_rank == 0:

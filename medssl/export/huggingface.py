@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from medssl.weights import load_weights
@@ -58,6 +58,7 @@ __all__ = [
     "hf_config_for",
     "hf_preprocessor_config",
     "load_hf_dinov2_into",
+    "rgb_patch_embed",
     "medssl_to_hf_state",
     "hf_to_medssl_state",
     "read_hf_folder",
@@ -239,6 +240,18 @@ def hf_preprocessor_config(
 # --------------------------------------------------------------------------- export
 
 
+def rgb_patch_embed(weight: Tensor) -> Tensor:
+    """A grey patch projection spread over R, G and B (each a third of it).
+
+    A grey image repeated to RGB then gives the grey model's tokens: the convolution sums
+    the three channels, ``sum_c (w / 3) x = w x``. Means and stds must be equal over the
+    channels for that (they are: the grey value repeated).
+    """
+    if weight.shape[1] != 1:
+        raise ValueError(f"expected a 1-channel patch projection, got {weight.shape[1]} channels")
+    return weight.repeat(1, 3, 1, 1) / 3
+
+
 def export_hf_dinov2(
     backbone: nn.Module,
     out_dir: str | Path,
@@ -248,11 +261,15 @@ def export_hf_dinov2(
     std: Iterable[float] = (0.25,),
     heads: Mapping[str, Tensor] | None = None,
     extra: Mapping[str, Any] | None = None,
+    channels: int | None = None,
 ) -> Path:
     """Write ``backbone`` as a ``Dinov2Model`` folder (config, weights, preprocessor).
 
-    ``heads`` (DINOv2 names, e.g. ``dino_head.mlp.0.weight``) go to ``heads.safetensors``;
-    ``extra`` is stored in ``medssl.json`` (provenance: run, step, recipe).
+    ``channels=3`` on a grey backbone writes an RGB-input model (:func:`rgb_patch_embed`)
+    whose processor converts images to RGB, as ``microsoft/rad-dino``'s client expects;
+    ``None`` keeps the backbone's own channel count. ``heads`` (DINOv2 names, e.g.
+    ``dino_head.mlp.0.weight``) go to ``heads.safetensors``; ``extra`` is stored in
+    ``medssl.json`` (provenance: step, recipe).
     """
     from safetensors.torch import save_file
 
@@ -260,8 +277,21 @@ def export_hf_dinov2(
     out.mkdir(parents=True, exist_ok=True)
     config = hf_config_for(backbone)
     state = medssl_to_hf_state(backbone.state_dict(), config["num_hidden_layers"])
+    own = config["num_channels"]
+    if channels is not None and channels != own:
+        if (own, channels) != (1, 3):
+            raise ValueError(
+                f"channels={channels}: a {own}-channel encoder can only be exported with its "
+                f"own {own} channel(s)" + (" or as RGB (3)" if own == 1 else "")
+            )
+        key = "embeddings.patch_embeddings.projection.weight"
+        state[key] = rgb_patch_embed(state[key])
+        config["num_channels"] = 3
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if own == 1:  # one grey normalisation, as medssl.eval.encoder applies it
+        mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
     pre = hf_preprocessor_config(
         image_size or config["image_size"], mean, std, config["num_channels"]
     )
@@ -363,7 +393,7 @@ def _fit_patch_embed(weight: Tensor, in_chans: int, where: str) -> Tensor:
         return weight.sum(dim=1, keepdim=True)
     if have == 1 and in_chans == 3:
         log.info("%s: spreading the 1-channel patch projection over 3 channels", where)
-        return weight.repeat(1, 3, 1, 1) / 3
+        return rgb_patch_embed(weight)
     raise ValueError(f"backbone.init {where!r}: {have} input channels, backbone has {in_chans}")
 
 
@@ -496,7 +526,12 @@ def heads_from_checkpoint(run_dir: str | Path) -> dict[str, Tensor]:
 
 
 class HFExporter:
-    """Export a run's encoder as a Hugging Face ``Dinov2Model`` folder (RAD-DINO's layout)."""
+    """Export a run's encoder as a Hugging Face ``Dinov2Model`` folder (RAD-DINO's layout).
+
+    A grey (1-channel) encoder is written RGB-ready by default (:func:`rgb_patch_embed`),
+    as RGB clients such as ``microsoft/rad-dino``'s convert every image to RGB;
+    ``channels=1`` keeps it grey. The folder gets a model card (``README.md``).
+    """
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -504,23 +539,48 @@ class HFExporter:
         include_heads: bool = Field(
             True, description="also write the teacher's DINO/iBOT heads to heads.safetensors"
         )
+        channels: int = Field(
+            3, description="input channels of the exported model (3: RGB-ready, 1: grey)"
+        )
 
-    def __init__(self, include_heads: bool = True) -> None:
+        @field_validator("channels")
+        @classmethod
+        def _one_or_three(cls, value: int) -> int:
+            if value not in (1, 3):
+                raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {value}")
+            return value
+
+    def __init__(self, include_heads: bool = True, channels: int = 3) -> None:
         self.include_heads = include_heads
+        self.channels = channels
 
     def __call__(
         self, run_dir: str | Path, out_dir: str | Path, recipe: Any, registry: Any
     ) -> Path:
         from medssl.eval.encoder import load_encoder
+        from medssl.export.model_card import write_model_card
 
         encoder = load_encoder(run_dir, recipe, registry)
         heads = heads_from_checkpoint(run_dir) if self.include_heads else None
-        return export_hf_dinov2(
+        source = getattr(recipe, "source", None)
+        folder = export_hf_dinov2(
             encoder.backbone,
             out_dir,
             image_size=encoder.image_size,
             mean=encoder.mean,
             std=encoder.std,
             heads=heads,
-            extra={"exported_from": str(run_dir), "recipe": getattr(recipe, "source", None)},
+            # Names, not paths: a folder may be shared, and paths can carry patient data.
+            extra={
+                "exported_from": Path(run_dir).resolve().name,
+                "recipe": Path(source).name if source else None,
+            },
+            channels=self.channels,
         )
+        write_model_card(
+            folder,
+            run_dir,
+            name=Path(run_dir).resolve().name,
+            grey_source=encoder.in_chans == 1,
+        )
+        return folder
