@@ -110,6 +110,10 @@ def run(recipe: str, overrides: tuple[str, ...], resume: bool, output_dir: str |
         from medssl.eval import run_evaluators
 
         run_evaluators(result.run_dir, resolved, registry)
+    from medssl.engine.diagnostics import final_lines
+
+    for line in final_lines(result.diagnostics):  # again at the end: evaluation scrolled it away
+        click.echo(line)
     click.echo(f"run directory: {result.run_dir}")
 
 
