@@ -159,7 +159,9 @@ def _to_floats(values: Mapping[str, Tensor | float]) -> dict[str, float]:
     tensors = {k: v for k, v in values.items() if isinstance(v, Tensor)}
     out = {k: float(v) for k, v in values.items() if not isinstance(v, Tensor)}
     if tensors:
-        flat = torch.stack([v.detach().reshape(()).to("cpu", torch.float64) for v in tensors.values()])
+        flat = torch.stack(
+            [v.detach().reshape(()).to("cpu", torch.float64) for v in tensors.values()]
+        )
         out.update(zip(tensors, flat.tolist(), strict=True))
     return out
 
@@ -265,9 +267,7 @@ def learning_signals(
 
 def hints(results: Mapping[str, ObjectiveResult]) -> dict[str, str | None]:
     """Each objective's own advice (``LearningSignals.hint``) for the warnings."""
-    return {
-        name: r.signals.hint if r.signals is not None else None for name, r in results.items()
-    }
+    return {name: r.signals.hint if r.signals is not None else None for name, r in results.items()}
 
 
 def condition(values: Mapping[str, float]) -> str:

@@ -84,6 +84,8 @@ def _ratio_panel(
     drawn = False
     for i, name in enumerate(names):
         series = columns.get(f"diag/{name}/{signal}")
+        if signal == "loss_ratio":  # the mean over the window, which the states judge
+            series = columns.get(f"diag/{name}/loss_ratio_window", series)
         if series is not None:
             ax.plot(*series, color=f"C{i}", marker=".", label=name)
             drawn = True
@@ -110,7 +112,7 @@ def _ratio_panel(
 
 
 _DIAGNOSTIC_PANELS = (
-    ("loss_ratio", "loss / chance level (dashed: chance)"),
+    ("loss_ratio", "loss / chance (mean over the window; dashed: chance)"),
     ("teacher_entropy_ratio", "teacher (solid), student (dotted) entropy / ln K"),
     ("grad_share", "share of the gradient at the backbone's output"),
 )

@@ -30,8 +30,8 @@ from medssl.config import RecipeError, ResolvedRecipe, build_component
 from medssl.data.robust import LoadFailures
 from medssl.engine import checkpoint as ckpt
 from medssl.engine import schedules
-from medssl.engine.ema import ema_update
 from medssl.engine.diagnostics import LearningMonitor, final_lines
+from medssl.engine.ema import ema_update
 from medssl.engine.metrics import MetricsWriter
 from medssl.engine.model import SSLModel
 from medssl.engine.run_info import run_info

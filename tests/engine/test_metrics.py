@@ -1,4 +1,4 @@
-"""metrics.csv, the optional TensorBoard sink and the loss plot."""
+"""metrics.csv and the optional TensorBoard sink (the plots: test_plots.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import csv
 import importlib.util
 from pathlib import Path
 
-from medssl.engine.metrics import MetricsWriter, plot_losses
+from medssl.engine.metrics import MetricsWriter
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -52,17 +52,3 @@ def test_tensorboard_when_installed(tmp_path: Path) -> None:
     installed = importlib.util.find_spec("tensorboard") is not None
     assert (writer.tensorboard is not None) == installed
     assert (tmp_path / "tensorboard").is_dir() == installed
-
-
-def test_loss_plot(tmp_path: Path) -> None:
-    writer = MetricsWriter(tmp_path)
-    for step in range(1, 5):
-        writer.log(step, {"loss": 1.0 / step, "loss_dino": 0.5 / step, "lr": 0.1})
-    writer.close()
-    out = plot_losses(tmp_path / "metrics.csv", tmp_path / "loss.png")
-    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_loss_plot_of_an_empty_run_is_none(tmp_path: Path) -> None:
-    MetricsWriter(tmp_path).close()
-    assert plot_losses(tmp_path / "metrics.csv", tmp_path / "loss.png") is None
