@@ -7,7 +7,8 @@ directory under the output folder and is evaluated with its recipe's ``eval:`` l
 which must be the same for every variant. A variant whose ``eval.json`` exists for the
 same recipe and overrides is not rerun; one that stopped mid-training resumes from its
 last checkpoint. Results: ``ablation.csv`` (one row per score), ``ablation.md`` (one row
-per variant, floors at the bottom) and ``ablation.png`` (bars with the floors drawn).
+per variant, floors at the bottom), ``ablation.png`` (bars with the floors drawn) and
+``ablation_losses.png`` (each variant's losses and chance levels, side by side).
 """
 
 from __future__ import annotations
@@ -203,6 +204,11 @@ def _run_locked(
         )
     write_tables(out, summaries)
     plot(out / "ablation.png", summaries)
+    from medssl.engine.plots import plot_variants
+
+    plot_variants(
+        out / "ablation_losses.png", {v.name: out / v.name / "metrics.csv" for v in variants}
+    )
     return summaries
 
 

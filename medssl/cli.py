@@ -158,6 +158,10 @@ def run(
 
         payload = run_evaluators(result.run_dir, resolved, registry)
         click.echo(markdown_table(results_from_payload(payload)))
+    from medssl.engine.diagnostics import final_lines
+
+    for line in final_lines(result.diagnostics):  # again at the end: evaluation scrolled it away
+        click.echo(line)
     click.echo(f"run directory: {result.run_dir}")
     code = stop_exit_code(result)
     if code:

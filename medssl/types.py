@@ -22,6 +22,7 @@ from torch import Tensor, nn
 __all__ = [
     "BackboneOutput",
     "BlockMaskSpec",
+    "LearningSignals",
     "ObjectiveContext",
     "ObjectiveResult",
     "Sample",
@@ -141,12 +142,48 @@ class StepOutputs:
     progress: float  # fraction of training done, in [0, 1]
     epoch: int
     step: int
+    # Set on the steps the engine diagnoses (``train.diagnostics_every``): objectives fill
+    # ObjectiveResult.signals then, and only then, so other steps pay nothing.
+    diagnose: bool = False
+
+
+@dataclass
+class LearningSignals:
+    """What an objective tells the engine's learning diagnostics (``docs/diagnostics.md``).
+
+    Filled on the steps where :attr:`StepOutputs.diagnose` is set; tensors are detached
+    and read with one host transfer by the engine. Every field is optional: the engine
+    judges what it is given and reports the objective ``unjudged`` without ``chance``.
+
+    - ``chance``: the loss, in the loss's own normalisation, of a model that learned
+      nothing (DINO: ``ln K``; CLIP: ``ln`` of the contrasted batch; MAE: predicting each
+      image's mean patch). ``loss / chance`` near 1 for long is ``not_learning``.
+    - ``teacher_probs`` ``[N, K]``: the teacher's target distributions (self-distillation):
+      entropy (``uniform``), prototype usage and spread between rows (``collapsed``).
+    - ``student_probs`` ``[M, K]``: the student's distributions on its own rows (entropy).
+    - ``kl``: ``KL(teacher || student)`` in the loss's normalisation (the loss minus the
+      teacher's entropy; 0 means the student copies a teacher that may be constant).
+    - ``backbone_tokens``: backbone outputs the loss read that :class:`StepOutputs` does not
+      hold (MAE's visible tokens, CLIP's own forward), for the gradient share.
+    - ``values``: any other scalars, logged as ``diag/<objective>/<name>``.
+    - ``hint``: the recipe keys to try when this objective does not learn, for the warning
+      (``"objectives.dino.teacher_temp (lower)"``).
+    """
+
+    chance: float | Tensor | None = None
+    teacher_probs: Tensor | None = None
+    student_probs: Tensor | None = None
+    kl: float | Tensor | None = None
+    backbone_tokens: tuple[Tensor, ...] = ()
+    values: dict[str, float | Tensor] = field(default_factory=dict)
+    hint: str | None = None
 
 
 @dataclass(kw_only=True)
 class ObjectiveResult:
     loss: Tensor  # scalar, before the recipe weight
     metrics: dict[str, float] = field(default_factory=dict)
+    signals: LearningSignals | None = None  # on diagnosed steps (StepOutputs.diagnose)
 
 
 @dataclass(kw_only=True)
@@ -197,7 +234,10 @@ class Objective(nn.Module, abc.ABC):
     then), say what views they need in :meth:`request`, and compute their loss from the
     shared forward pass in :meth:`loss`. An objective that keeps a teacher copy of a head
     returns ``(student_module, teacher_module)`` pairs from :meth:`ema_pairs`; the engine
-    updates those with the backbone's EMA momentum.
+    updates those with the backbone's EMA momentum. On the steps the engine diagnoses
+    (:attr:`StepOutputs.diagnose`), :meth:`loss` may return :class:`LearningSignals` in
+    ``ObjectiveResult.signals`` (its chance level above all) so the engine can tell
+    whether it learns (``docs/diagnostics.md``).
     """
 
     uses_teacher: bool = False

@@ -78,6 +78,7 @@ def test_ablation_tables_plot_and_resume(
     table = (out / "ablation.md").read_text()
     assert "| koleo=0 |" in table and "raw-pixel floor" in table
     assert (out / "ablation.png").stat().st_size > 1000
+    assert (out / "ablation_losses.png").stat().st_size > 1000  # variants side by side
 
     # Finished variants are not rerun; a new grid point is the only one trained.
     trained.clear()

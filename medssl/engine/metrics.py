@@ -1,4 +1,4 @@
-"""``metrics.csv`` and the loss plot; other trackers are in :mod:`medssl.engine.loggers`."""
+"""``metrics.csv``; the plots are in :mod:`medssl.engine.plots`, trackers in :mod:`medssl.engine.loggers`."""
 
 from __future__ import annotations
 
@@ -62,34 +62,3 @@ class MetricsWriter:
 
 def _fmt(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
-
-
-def plot_losses(metrics_csv: Path, out: Path) -> Path | None:
-    """A PNG of every ``loss*`` column against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with metrics_csv.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return None
-    columns = [c for c in rows[0] if c.startswith("loss")]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for column in columns:
-        pairs = [
-            (int(r["step"]), float(r[column])) for r in rows if r.get(column) not in ("", None)
-        ]
-        if pairs:
-            steps, values = zip(*pairs, strict=True)
-            ax.plot(steps, values, label=column)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("medssl training losses")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out

@@ -66,6 +66,9 @@ class SSLModel(nn.Module):
         # Modules that share work between the objectives of one forward (the DINO / iBOT
         # heads normalise their prototypes once): each offers a ``step_cache()`` context.
         self._step_caches = [m for m in self.modules() if callable(getattr(m, "step_cache", None))]
+        # The learning signals of the last diagnosed step (medssl.engine.diagnostics).
+        self.last_signals: dict[str, dict[str, float]] = {}
+        self.last_hints: dict[str, str | None] = {}
 
     def view_request(self) -> ViewRequest:
         patch_size = int(self.student.patch_size)
@@ -83,7 +86,7 @@ class SSLModel(nn.Module):
         return pairs
 
     def forward(
-        self, views: Views, progress: float, epoch: int, step: int
+        self, views: Views, progress: float, epoch: int, step: int, diagnose: bool = False
     ) -> tuple[Tensor, dict[str, float], StepOutputs]:
         student_global = student_local = teacher_global = None
         if views.global_crops is not None:
@@ -102,6 +105,7 @@ class SSLModel(nn.Module):
             progress=progress,
             epoch=epoch,
             step=step,
+            diagnose=diagnose,
         )
         with ExitStack() as caches:
             for module in self._step_caches:
@@ -121,6 +125,11 @@ class SSLModel(nn.Module):
                 raise NonFiniteLossError(name, step, value)
             metrics[f"loss_{name}"] = value
             metrics.update({f"{name}/{key}": v for key, v in result.metrics.items()})
+        if out.diagnose:
+            from medssl.engine.diagnostics import hints, learning_signals
+
+            self.last_signals = learning_signals(results, self.weights, out)
+            self.last_hints = hints(results)
         total: Tensor | None = None
         for name, result in results.items():
             weighted = result.loss * self.weights[name]

@@ -31,9 +31,10 @@ from medssl.config import RecipeError, ResolvedRecipe, build_component
 from medssl.data.robust import LoadFailures
 from medssl.engine import checkpoint as ckpt
 from medssl.engine import schedules
+from medssl.engine.diagnostics import LearningMonitor, final_lines
 from medssl.engine.ema import ema_update
 from medssl.engine.loggers import Trackers
-from medssl.engine.metrics import MetricsWriter, plot_losses
+from medssl.engine.metrics import MetricsWriter
 from medssl.engine.model import SSLModel, objective_setup_order
 from medssl.engine.resume_check import (
     alters_training,
@@ -518,7 +519,7 @@ class Trainer:
         dist.all_gather_object(gathered, state)
         return gathered
 
-    def _save(self, step: int, diagnostics: _DiagnosticsTracker | None = None) -> Path | None:
+    def _save(self, step: int, diagnostics: LearningMonitor | None = None) -> Path | None:
         path = None
         rng = self._gather_rng()  # a collective: every rank takes part
         model_state = self._full_model_state()
@@ -716,7 +717,7 @@ class Trainer:
         started = time.perf_counter()
         window_start, window_images = time.perf_counter(), 0
         progress = _Progress(self.total_steps, start_step, enabled=self.progress_bar)
-        diagnostics = _DiagnosticsTracker(self.raw_model)
+        diagnostics = LearningMonitor(self.total_steps)
         if getattr(self, "diagnostics_state", None):
             diagnostics.load_state_dict(self.diagnostics_state)
         self.model.train()
@@ -735,6 +736,10 @@ class Trainer:
                 epoch = step // self.steps_per_epoch
                 step_metrics: dict[str, float] = {}
                 outputs = None
+                # the last micro-batch of this step measures the learning signals
+                self.diagnose_step = (step + 1) % opts.diagnostics_every == 0 or (
+                    step + 1 == self.total_steps
+                )
                 for micro in range(accum):
                     epoch, batch = self._next_batch(batches)
                     images = self.fabric.to_device(batch["image"])
@@ -748,7 +753,7 @@ class Trainer:
                 step += 1
 
                 if step % opts.diagnostics_every == 0 or step == self.total_steps:
-                    step_metrics.update(diagnostics.update(step, outputs, step_metrics))
+                    step_metrics.update(diagnostics.observe(step, self.raw_model))
                 if step % opts.log_every == 0 or step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
                     step_metrics.update(scheduled)
@@ -796,11 +801,14 @@ class Trainer:
         if metrics_writer is not None:
             metrics_writer.close()
             if (self.run_dir / "metrics.csv").is_file():
-                plot_losses(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
+                from medssl.engine.plots import plot_run
+
+                plot_run(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
         if trackers is not None:
             trackers.finish(stopped)
         summary = diagnostics.summary()
-        log.info("collapse diagnostics: final state %s", summary.get("final_state"))
+        for line in final_lines(summary):
+            log.info("%s", line)
         if self.fabric.global_rank == 0:
             (self.run_dir / "diagnostics.json").write_text(json.dumps(summary, indent=2))
             if self.failures_total:
@@ -832,7 +840,10 @@ class Trainer:
         self, views: Views, step: int, epoch: int, last: bool
     ) -> tuple[dict[str, float], Any]:
         with self.fabric.no_backward_sync(self.model, enabled=not last):
-            loss, metrics, outputs = self.model(views, step / self.total_steps, epoch, step)
+            diagnose = last and getattr(self, "diagnose_step", False)
+            loss, metrics, outputs = self.model(
+                views, step / self.total_steps, epoch, step, diagnose=diagnose
+            )
             self.fabric.backward(loss / self.train_opts.grad_accumulation)
         return metrics, outputs
 
@@ -885,43 +896,6 @@ class Trainer:
             if epoch < getattr(objective, "freeze_last_layer_epochs", 0):
                 for param in objective.frozen_last_layer_params():
                     param.grad = None
-
-
-class _DiagnosticsTracker:
-    """Collapse diagnostics every few steps (teacher entropy and prototype usage from the
-    objectives' metrics, CLS spread here), summarised and warned about by
-    :class:`medssl.engine.diagnostics.CollapseMonitor`."""
-
-    KEYS = ("teacher_entropy_ratio", "usage_ratio", "teacher_entropy", "usage_entropy")
-
-    def __init__(self, model: SSLModel) -> None:
-        from medssl.engine.diagnostics import CollapseMonitor
-
-        self.model = model
-        self.monitor = CollapseMonitor()
-
-    def update(self, step: int, outputs: Any, metrics: dict[str, float]) -> dict[str, float]:
-        from medssl.engine.diagnostics import collapse_metrics
-
-        values: dict[str, float] = {}
-        for key, value in metrics.items():
-            name = key.rsplit("/", 1)[-1]
-            if name in self.KEYS and name not in values:
-                values[name] = value
-        if outputs is not None and outputs.student_global is not None:
-            values.update(collapse_metrics(student_cls=outputs.student_global.cls.detach().float()))
-        self.monitor.update(step, values)
-        return {f"diag/{k}": v for k, v in values.items()}
-
-    def summary(self) -> dict[str, Any]:
-        return self.monitor.summary()
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(vars(self.monitor))
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self.monitor, key, value)
 
 
 class _Progress:

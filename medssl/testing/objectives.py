@@ -18,6 +18,7 @@ and survive a state-dict round trip.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -313,6 +314,35 @@ class ObjectiveContractTests:
             views = self.views(objective, seed=4)
             losses.append(objective.loss(self.step(objective, student, teacher, views)).loss)
         torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+
+    def test_learning_signals(self) -> None:
+        """A diagnosed step (``StepOutputs.diagnose``) gives the same loss, and well-formed
+        :class:`~medssl.types.LearningSignals` when the objective returns them."""
+        from medssl.engine.diagnostics import learning_signals
+
+        objective, student, teacher = self.build(seed=3)
+        plain = objective.loss(
+            self.step(objective, student, teacher, self.views(objective, seed=4))
+        ).loss
+        objective, student, teacher = self.build(seed=3)
+        views = self.views(objective, seed=4)
+        step = dataclasses.replace(self.step(objective, student, teacher, views), diagnose=True)
+        result = objective.loss(step)
+        torch.testing.assert_close(result.loss, plain, rtol=0, atol=0)
+        signals = result.signals
+        if signals is None:
+            return
+        if signals.chance is not None:
+            chance = float(signals.chance)
+            assert math.isfinite(chance) and chance > 0, "the chance level must be a positive loss"
+        for probs in (signals.teacher_probs, signals.student_probs):
+            if probs is not None:
+                assert probs.dim() == 2 and not probs.requires_grad
+                sums = probs.double().sum(dim=1)
+                torch.testing.assert_close(sums, torch.ones_like(sums))
+        assert all(t.requires_grad for t in signals.backbone_tokens)
+        values = learning_signals({"objective": result}, {"objective": 1.0}, step)
+        assert all(math.isfinite(v) for v in values["objective"].values())
 
     def test_state_dict_round_trip(self) -> None:
         objective, student, teacher = self.build(seed=1)

@@ -1,11 +1,11 @@
-"""metrics.csv and the loss plot."""
+"""metrics.csv (the plots: test_plots.py; trackers: test_loggers.py)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from medssl.engine.metrics import MetricsWriter, plot_losses
+from medssl.engine.metrics import MetricsWriter
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -51,17 +51,3 @@ def test_tensorboard_only_when_named(tmp_path: Path) -> None:
     writer.log(1, {"loss": 1.0})
     writer.close()
     assert not (tmp_path / "tensorboard").exists()
-
-
-def test_loss_plot(tmp_path: Path) -> None:
-    writer = MetricsWriter(tmp_path)
-    for step in range(1, 5):
-        writer.log(step, {"loss": 1.0 / step, "loss_dino": 0.5 / step, "lr": 0.1})
-    writer.close()
-    out = plot_losses(tmp_path / "metrics.csv", tmp_path / "loss.png")
-    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_loss_plot_of_an_empty_run_is_none(tmp_path: Path) -> None:
-    MetricsWriter(tmp_path).close()
-    assert plot_losses(tmp_path / "metrics.csv", tmp_path / "loss.png") is None

@@ -29,7 +29,13 @@ from torch import Tensor, nn
 from typing_extensions import Self
 
 from medssl.builtins.objectives.base import ConfiguredObjective, check_divisible
-from medssl.types import ObjectiveContext, ObjectiveResult, StepOutputs, ViewRequest
+from medssl.types import (
+    LearningSignals,
+    ObjectiveContext,
+    ObjectiveResult,
+    StepOutputs,
+    ViewRequest,
+)
 
 __all__ = ["CLIP", "ByteTokenizer", "TextTransformer"]
 
@@ -199,7 +205,8 @@ class CLIP(ConfiguredObjective):
                 f"objective 'clip': views.text has {len(v.text)} entries for a batch of "
                 f"{v.batch_size} images"
             )
-        image = self.image_projection(self._image_features(out))
+        cls = self._image_features(out)
+        image = self.image_projection(cls)
         text = self.text_projection(self.text_encoder(v.text))
         acc = torch.promote_types(image.dtype, torch.float32)  # fp32 at least, fp64 kept
         image, text = F.normalize(image.to(acc), dim=-1), F.normalize(text.to(acc), dim=-1)
@@ -211,7 +218,21 @@ class CLIP(ConfiguredObjective):
         image_to_text = F.cross_entropy(scale * image @ all_text.T, labels)
         text_to_image = F.cross_entropy(scale * text @ all_image.T, labels)
         loss = 0.5 * (image_to_text + text_to_image)
-        return ObjectiveResult(loss=loss, metrics={"logit_scale": float(scale.detach())})
+        signals = None
+        if out.diagnose:
+            # Uniform logits score ln(columns) in both directions: the chance level. Only
+            # a CLS token of CLIP's own forward is a backbone output StepOutputs lacks.
+            own = self.options.view == "single" and v.single_view is not None
+            shared = not own and out.student_global is not None
+            signals = LearningSignals(
+                chance=math.log(all_text.shape[0]),
+                backbone_tokens=() if shared else (cls,),
+                hint="objectives.clip.init_temperature, objectives.clip.projection_dim, "
+                "train.batch_size (more negatives), train.lr",
+            )
+        return ObjectiveResult(
+            loss=loss, metrics={"logit_scale": float(scale.detach())}, signals=signals
+        )
 
 
 def _gather_pairs(image: Tensor, text: Tensor, enabled: bool) -> tuple[Tensor, Tensor, int]:

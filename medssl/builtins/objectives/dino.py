@@ -17,6 +17,8 @@ so the ``[B, 65536]`` logits are never materialised on the student side.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Literal
 
 import torch
@@ -26,11 +28,12 @@ from torch import Tensor
 
 from medssl.builtins.objectives.base import ConfiguredObjective
 from medssl.builtins.objectives.heads import DINOHead, build_teacher_head, load_dinov2_head
-from medssl.engine.diagnostics import collapse_metrics
+from medssl.engine.diagnostics import MAX_ROWS, collapse_metrics, mean_entropy
 from medssl.engine.schedules import teacher_temperature
 from medssl.losses import PrototypeTargets, prototype_cross_entropy, prototype_targets
 from medssl.types import (
     BackboneOutput,
+    LearningSignals,
     ObjectiveContext,
     ObjectiveResult,
     StepOutputs,
@@ -153,6 +156,20 @@ class _SelfDistillation(ConfiguredObjective):
             return protos.detach(), head.last_layer.weight.sum() * 0.0
         return protos, None
 
+    def _hint(self, head_key: str) -> str:
+        """The recipe keys to try when the student does not learn (docs/diagnostics.md)."""
+        return (
+            f"objectives.{self.name}.teacher_temp and warmup_teacher_temp (lower: sharper "
+            f"targets), objectives.{head_key}.prototypes (fewer), objectives.{head_key}.n_layers "
+            "(1 on small data)"
+        )
+
+    @torch.no_grad()
+    def _student_probs(self, feats: Tensor, protos: Tensor) -> Tensor:
+        """The student's distributions on (at most ``MAX_ROWS`` of) its rows."""
+        logits = _rows(feats).float() @ protos.detach().float().T
+        return torch.softmax(logits / self.options.student_temp, dim=1)
+
     def _cross_entropy(
         self, feats: Tensor, probs: Tensor, protos: Tensor, crop_weights: Tensor | None = None
     ) -> Tensor:
@@ -164,6 +181,36 @@ class _SelfDistillation(ConfiguredObjective):
             impl=self.options.impl,
             crop_weights=crop_weights,
         )
+
+
+def _row_index(n: int, device: torch.device) -> Tensor | None:
+    """Evenly spaced rows, at most ``MAX_ROWS`` of ``n`` (``None``: all of them)."""
+    if n <= MAX_ROWS:
+        return None
+    return torch.linspace(0, n - 1, MAX_ROWS, device=device).long()
+
+
+def _rows(x: Tensor) -> Tensor:
+    index = _row_index(x.shape[0], x.device)
+    return x if index is None else x.index_select(0, index)
+
+
+@torch.no_grad()
+def dense_rows(probs: Tensor | PrototypeTargets) -> Tensor:
+    """At most ``MAX_ROWS`` rows of the teacher's targets, dense ``[rows, K]`` (lazy targets
+    are computed for those rows only)."""
+    if not isinstance(probs, PrototypeTargets):
+        return _rows(probs.reshape(-1, probs.shape[-1]))
+    index = _row_index(probs.rows, probs.device)
+    if index is not None:
+        shift = probs.row_shift
+        probs = dataclasses.replace(
+            probs,
+            features=probs.features.index_select(0, index),
+            row_shift=None if shift is None else shift.index_select(0, index),
+            groups=1,
+        )
+    return probs.materialize().reshape(-1, probs.prototypes.shape[0])
 
 
 def _matmul_prototypes(head: DINOHead, like: Tensor) -> Tensor:
@@ -211,7 +258,10 @@ class DINO(_SelfDistillation):
 
         local_crops: bool = Field(True, description="match local crops to the teacher's globals")
         diagnostics_every: int = Field(
-            1, ge=0, description="steps between teacher-entropy metrics (0: never)"
+            0,
+            ge=0,
+            description="steps between per-step teacher-entropy metrics (0: never; the "
+            "engine's learning diagnostics report them every train.diagnostics_every steps)",
         )
 
     def setup(self, ctx: ObjectiveContext) -> None:
@@ -258,15 +308,36 @@ class DINO(_SelfDistillation):
         cls = student.cls if local is None else torch.cat([student.cls, local.cls])
         crop_weights = torch.ones(ng + nl, ng, device=probs.device)
         crop_weights[:ng].fill_diagonal_(0.0)
-        total = self._cross_entropy(self.head.features(cls), t_crops, protos, crop_weights).sum()
+        feats = self.head.features(cls)
+        total = self._cross_entropy(feats, t_crops, protos, crop_weights).sum()
         loss = total / (b * n_pairs)
+        signals = self._signals(loss, probs, feats[: ng * b], protos) if out.diagnose else None
         if keepalive is not None:
             loss = loss + keepalive
 
         metrics = {"teacher_temp": temp}
         every = self.options.diagnostics_every
         if every and out.step % every == 0:
-            # Teacher entropy and prototype usage; the engine adds the CLS spread.
-            dense = probs.materialize() if isinstance(probs, PrototypeTargets) else probs
-            metrics.update(collapse_metrics(dense))
-        return ObjectiveResult(loss=loss, metrics=metrics)
+            metrics.update(collapse_metrics(dense_rows(probs)))
+        return ObjectiveResult(loss=loss, metrics=metrics, signals=signals)
+
+    @torch.no_grad()
+    def _signals(
+        self, loss: Tensor, probs: Tensor | PrototypeTargets, feats: Tensor, protos: Tensor
+    ) -> LearningSignals:
+        """Chance ``ln K`` (the cross-entropy of a uniform student against any target);
+        ``KL(teacher || student)`` = loss - mean teacher entropy, exactly, since every
+        teacher row enters the same number of crop pairs."""
+        teacher = dense_rows(probs)
+        k = teacher.shape[-1]
+        if isinstance(probs, PrototypeTargets) and probs.rows > teacher.shape[0]:
+            kl = None  # the entropy of the sampled rows only: no exact KL
+        else:
+            kl = loss.detach().double() - mean_entropy(teacher)
+        return LearningSignals(
+            chance=math.log(k),
+            teacher_probs=teacher,
+            student_probs=self._student_probs(feats, protos),
+            kl=kl,
+            hint=self._hint(self.name),
+        )

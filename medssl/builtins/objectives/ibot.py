@@ -12,6 +12,8 @@ or when DINO is not enabled. It has its own centre.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import ConfigDict, Field, model_validator
 from torch import Tensor
@@ -23,10 +25,12 @@ from medssl.builtins.objectives.dino import (
     _check_output,
     _SelfDistillation,
     build_head,
+    dense_rows,
 )
 from medssl.builtins.objectives.heads import DINOHead, build_teacher_head
 from medssl.types import (
     BlockMaskSpec,
+    LearningSignals,
     ObjectiveContext,
     ObjectiveResult,
     StepOutputs,
@@ -134,19 +138,50 @@ class IBOT(_SelfDistillation):
         index = flat.nonzero().squeeze(1)
         s_tokens = student.patch.flatten(0, 1).index_select(0, index)
         temp = self._teacher_temp(out.step)
+        signals = None
         if index.numel() == 0:
             # Nothing masked in this batch: a zero still connected to the student's tokens.
             loss = student.patch.sum() * 0.0
         else:
             t_tokens = teacher.patch.flatten(0, 1).index_select(0, index)
             probs, _ = self._targets(teacher_head, t_tokens, temp)
-            ce = self._cross_entropy(head.features(s_tokens), probs, protos)
+            feats = head.features(s_tokens)
+            ce = self._cross_entropy(feats, probs, protos)
             weights = _per_image_weights(masks).to(ce.dtype)
             loss = (ce * weights).sum() / rows
+            if out.diagnose:
+                signals = self._signals(masks, probs, feats, protos)
         if keepalive is not None:
             loss = loss + keepalive
         return ObjectiveResult(
-            loss=loss, metrics={"masked_patches": float(index.numel()), "teacher_temp": temp}
+            loss=loss,
+            metrics={"masked_patches": float(index.numel()), "teacher_temp": temp},
+            signals=signals,
+        )
+
+    @torch.no_grad()
+    def _signals(
+        self, masks: Tensor, probs: Tensor, feats: Tensor, protos: Tensor
+    ) -> LearningSignals:
+        """Chance: a uniform student scores ``ln K`` on every masked token, so the loss
+        (per-image means, summed over the masked images, over all global-crop images) is
+        ``ln K x masked images / images``. KL: ``mean(CE - H(teacher))`` over (at most
+        ``MAX_ROWS``) masked tokens, per token."""
+        teacher = dense_rows(probs)
+        student = self._student_probs(feats, protos)
+        k = teacher.shape[-1]
+        masked_images = (masks.sum(dim=1) > 0).sum()
+        chance = math.log(k) * masked_images.double() / masks.shape[0]
+        t = teacher.double()
+        cross = -(t * torch.log(student.double().clamp_min(1e-30))).sum(dim=1)
+        entropy = -(t * torch.log(t.clamp_min(1e-30))).sum(dim=1)
+        head_key = self.name if self.owns_head else "dino"
+        return LearningSignals(
+            chance=chance,
+            teacher_probs=teacher,
+            student_probs=student,
+            kl=(cross - entropy).mean(),
+            hint=self._hint(head_key),
         )
 
 

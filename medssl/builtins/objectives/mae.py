@@ -23,7 +23,13 @@ from torch import Tensor, nn
 from typing_extensions import Self
 
 from medssl.builtins.objectives.base import ConfiguredObjective, check_divisible
-from medssl.types import ObjectiveContext, ObjectiveResult, StepOutputs, ViewRequest
+from medssl.types import (
+    LearningSignals,
+    ObjectiveContext,
+    ObjectiveResult,
+    StepOutputs,
+    ViewRequest,
+)
 
 __all__ = ["MAE", "patchify"]
 
@@ -133,8 +139,8 @@ class MAE(ConfiguredObjective):
         order = torch.argsort(masks.to(torch.int8), dim=1, stable=True)
         keep = order[:, :n_keep]
 
-        tokens = out.student.forward_visible(x, keep)  # [N, 1 + n_keep, D]
-        tokens = self.decoder_embed(tokens)
+        visible = out.student.forward_visible(x, keep)  # [N, 1 + n_keep, D]
+        tokens = self.decoder_embed(visible)
         d = tokens.shape[-1]
         full = self.decoder.mask_token.to(tokens.dtype).expand(n, 1 + n_patches, d)
         index = torch.cat([keep.new_zeros(n, 1), keep + 1], dim=1)
@@ -151,4 +157,23 @@ class MAE(ConfiguredObjective):
         per_patch = (pred - target).pow(2).mean(dim=-1)
         m = masks.to(per_patch.dtype)
         loss = (per_patch * m).sum() / m.sum().clamp_min(1.0)
-        return ObjectiveResult(loss=loss)
+        signals = _signals(target, m, visible) if out.diagnose else None
+        return ObjectiveResult(loss=loss, signals=signals)
+
+
+@torch.no_grad()
+def _signals(target: Tensor, m: Tensor, visible: Tensor) -> LearningSignals:
+    """Chance: the loss of predicting, for every hidden patch, the mean of that image's
+    hidden target patches (the best prediction that ignores where a patch is and what is
+    visible), in the loss's own normalisation (``norm_pix_loss`` or not)."""
+    weights = m.unsqueeze(-1)
+    mean = (target * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(
+        1.0
+    )
+    per_patch = (target - mean).pow(2).mean(dim=-1)
+    chance = (per_patch * m).sum() / m.sum().clamp_min(1.0)
+    return LearningSignals(
+        chance=chance,
+        backbone_tokens=(visible,),
+        hint="objectives.mae.mask_ratio (lower), objectives.mae.decoder_depth, train.lr",
+    )
