@@ -123,7 +123,9 @@ def test_clip_chance_is_ln_batch() -> None:
 def test_constant_teacher_is_collapsed_and_uniform_teacher_is_uniform() -> None:
     step = hand_made_step(4, 2, 0)
     same = step.teacher_global.cls[:1].expand(8, -1).contiguous()
-    step = dataclasses.replace(step, teacher_global=BackboneOutput(same, step.teacher_global.patch))
+    step = dataclasses.replace(
+        step, teacher_global=BackboneOutput(cls=same, patch=step.teacher_global.patch)
+    )
     obj = _dino(centering="mean", local_crops=False)
     values = learning_signals({"dino": obj.loss(_diagnosed(step))}, {"dino": 1.0}, step)["dino"]
     assert values["teacher_spread"] <= CONSTANT_SPREAD and values["prototypes_used"] == 1
