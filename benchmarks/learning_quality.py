@@ -55,8 +55,7 @@ def _train_medssl(recipe: Path, steps: int, seed: int, out: Path, registry: Any)
     overrides = [f"train.steps={steps}", f"seed={seed}", f"output_dir={run_dir}"]
     overrides.append(f"train.checkpoint_every={steps}")
     resolved = load_recipe(recipe, overrides, registry)
-    resume = (run_dir / "checkpoints").is_dir()
-    train(resolved, registry, resume=resume, progress_bar=False)
+    train(resolved, registry, resume_or_start=True, progress_bar=False)
     (run_dir / "done").write_text("")
     return run_dir
 

@@ -439,3 +439,15 @@ def test_a_stopped_run_exits_with_the_documented_code(tmp_path: Path) -> None:
     assert ckpt.latest_valid_checkpoint(tmp_path / "run" / "checkpoints") is not None
     assert stop_exit_code(RunResult(tmp_path, 3, True, stop_signal=15)) == 143
     assert stop_exit_code(RunResult(tmp_path, 3, False)) == 0
+
+
+def test_a_stopped_ablation_variant_exits_with_the_documented_code(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, eval=[{"name": "knn", "k": 3}])
+    out = tmp_path / "ablation"
+    result = CliRunner().invoke(
+        main,
+        ["ablate", str(recipe), "--vary", "seed=0", "--out", str(out)]
+        + ["--set", "train.steps=50", "--set", "train.max_minutes=1e-9"],
+    )
+    assert result.exit_code == 75, result.output
+    assert "rerun ablate to resume it" in result.output and "Traceback" not in result.output

@@ -406,16 +406,18 @@ class Trainer:
         history: dict[str, Any] = {"event": "start"}
         if self.resume:
             latest = ckpt.latest_valid_checkpoint(ckpt_dir)
-            if latest is None and (ckpt.list_checkpoints(ckpt_dir) or not self.resume_or_start):
-                found = "no valid checkpoint" if ckpt.list_checkpoints(ckpt_dir) else "none"
+            if latest is None and ckpt.list_checkpoints(ckpt_dir):
+                # Restarting here would mix a new run with the old one's folders.
                 raise RecipeError(
-                    f"--resume: {ckpt_dir} holds {found}"
-                    + (
-                        " (every one is incomplete, corrupt or of an older format); move them "
-                        "away to start again"
-                        if found != "none"
-                        else "; use --resume-or-start to start from step 0 when there is none"
-                    ),
+                    f"--resume: no valid checkpoint in {ckpt_dir} (every one is incomplete, "
+                    "corrupt or of an older format); move them away to start again",
+                    self.recipe.source,
+                    "output_dir",
+                )
+            if latest is None and not self.resume_or_start:
+                raise RecipeError(
+                    f"--resume: {ckpt_dir} holds no checkpoint; use --resume-or-start to "
+                    "start from step 0 when there is none",
                     self.recipe.source,
                     "output_dir",
                 )

@@ -75,3 +75,35 @@ def shutil_usage(free: int) -> object:
     import shutil
 
     return shutil._ntuple_diskusage(total=10**9, used=10**9 - free, free=free)
+
+
+def test_state_round_trips_without_pickle(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    state = {
+        "step": 7,
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 2)}},
+            "param_groups": [{"params": [0], "betas": (0.9, 0.999), "lr": 1e-3, "foreach": None}],
+        },
+        "rng": [{"python": random.getstate(), "numpy": np.random.get_state()}],
+        "diagnostics": {"history": [(1, "ok", {"loss": float("nan")})], "_warned": None},
+        "__looks_tagged__": {"__tensor__": "not a tensor"},
+    }
+    path = ckpt.save_checkpoint(tmp_path, 7, {"w": torch.ones(1)}, state, keep=1)
+    assert not (path / "state.pt").exists()
+    _, loaded = ckpt.load_checkpoint(path)
+    groups = loaded["optimizer"]["param_groups"]
+    assert groups[0]["betas"] == (0.9, 0.999) and groups[0]["foreach"] is None
+    assert torch.equal(
+        loaded["optimizer"]["state"][0]["exp_avg"], state["optimizer"]["state"][0]["exp_avg"]
+    )
+    assert loaded["rng"][0]["python"] == state["rng"][0]["python"]
+    numpy_state = loaded["rng"][0]["numpy"]
+    assert numpy_state[0] == "MT19937" and np.array_equal(
+        numpy_state[1], state["rng"][0]["numpy"][1]
+    )
+    assert loaded["diagnostics"]["history"][0][:2] == (1, "ok")
+    assert loaded["__looks_tagged__"] == {"__tensor__": "not a tensor"}
