@@ -205,7 +205,7 @@ class FileDataset(Dataset):
         root = getattr(self.options, "root", None)
         root = os.path.dirname(record.path) if root is None else os.path.expanduser(root)
         rel = os.path.relpath(record.path, root)
-        key = data_key(dataset_secret(root), rel)
+        key = data_key(dataset_secret(root, ephemeral_ok=True), rel)
         return key if record.frame is None else f"{key}[{record.frame}]"
 
 

@@ -402,3 +402,18 @@ def test_max_failure_share_is_checked_on_the_last_epoch(tiny_recipe: Path) -> No
     ):
         train(recipe, registry)
     assert (Path(recipe.recipe.output_dir) / "backbone.safetensors").is_file()  # work kept
+
+
+def test_no_writable_key_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "not_a_dir").write_text("x")
+    monkeypatch.setenv("MEDSSL_KEY_DIR", str(tmp_path / "not_a_dir" / "keys"))
+    root = tmp_path / "d"
+    write_png(root / "ok.png", _noise(0))
+    (root / "DOE_empty.png").write_bytes(b"")
+    result = CliRunner().invoke(prepare_command, [str(root), str(tmp_path / "out")])
+    assert result.exit_code == 1 and "no key secret for the data folder" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    ds = ImageFolder(root=str(root), image_size=16)  # a run still names failures by key
+    failure = ds[0]
+    assert isinstance(failure, LoadFailure) and len(failure.path) == 24
+    assert "DOE" not in failure.path
