@@ -18,6 +18,7 @@ no pixel checksum).
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,14 @@ _SEG_SOP_CLASSES = {
 _NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG"}
 _MONOCHROME = {"MONOCHROME1", "MONOCHROME2"}
 _COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"}
+
+
+#: pydicom's warnings about quirks it corrects (excess padding, a Photometric
+#: Interpretation the codestream contradicts, more frames than NumberOfFrames says,
+#: an inconsistent offset table, a change of decoding plugin).
+_BENIGN_DECODE_WARNING = re.compile(
+    r"excess padding|Photometric Interpretation|frames|Offset Table|decoding plugin"
+)
 
 
 class DicomReadError(DataFileError):
@@ -96,12 +105,21 @@ def _decode(ds) -> np.ndarray:  # noqa: ANN001
             "pixel data cannot be decoded (truncated, or the header's sizes do not match)",
             str(exc),
         ) from None
-    # A warning while decoding pixels means damaged data (short or padded pixel data,
-    # a corrupt compressed stream); header warnings were raised, and ignored, earlier.
-    if caught:
+    # A warning while decoding pixels may mean damaged data (a wrong transfer syntax, a
+    # corrupt compressed stream); header warnings were raised, and ignored, earlier.
+    # pydicom's fix-ups of common, harmless encoder quirks are not damage.
+    damage = [
+        w
+        for w in caught
+        if not issubclass(
+            w.category, DeprecationWarning | PendingDeprecationWarning | FutureWarning
+        )
+        and not _BENIGN_DECODE_WARNING.search(str(w.message))
+    ]
+    if damage:
         raise DicomReadError(
             "pixel data decoded with a warning (truncated or damaged data)",
-            str(caught[0].message),
+            str(damage[0].message),
         )
     return arr
 

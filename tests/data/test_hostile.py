@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from medssl.cli import main
 from medssl.cli_data import prepare as prepare_command
 from medssl.config import load_recipe
 from medssl.data import ImageFolder, LoadFailure, keys
+from medssl.data.dicom import _decode
 from medssl.data.files import DataFileError, NonFiniteError, scan_folder
 from medssl.data.keys import KEY_FILE_NAME, data_key, dataset_secret
 from medssl.data.prepare import TooManyPrepareFailures, prepare
@@ -322,6 +324,21 @@ def test_damaged_files_are_reported_where_detectable(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match="pixel data cannot be decoded") as info:
         read_image(tmp_path / "short.dcm")
     assert "DOE" not in describe_error(info.value, paths=False)
+
+    class Warns:  # a dataset whose pixel decoder warns
+        file_meta: dict[str, str] = {}
+
+        def __init__(self, message: str) -> None:
+            self.message = message
+
+        @property
+        def pixel_array(self) -> np.ndarray:
+            warnings.warn(self.message, UserWarning, stacklevel=2)
+            return np.zeros((2, 2))
+
+    with pytest.raises(DataFileError, match="decoded with a warning"):
+        _decode(Warns("corrupt JPEG stream"))
+    assert _decode(Warns("1 bytes of excess padding to be removed")).shape == (2, 2)
     png = write_png(tmp_path / "a.png", _noise(0)).read_bytes()
     flipped = bytearray(png)
     flipped[len(png) // 2] ^= 0xFF  # inside the zlib stream of IDAT
