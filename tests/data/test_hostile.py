@@ -35,6 +35,7 @@ from medssl.cli import main
 from medssl.cli_data import prepare as prepare_command
 from medssl.config import load_recipe
 from medssl.data import ImageFolder, LoadFailure, keys
+from medssl.data.base import read_mask
 from medssl.data.dicom import _decode
 from medssl.data.files import DataFileError, NonFiniteError, scan_folder
 from medssl.data.keys import KEY_FILE_NAME, data_key, dataset_secret
@@ -213,6 +214,8 @@ def test_fifo_and_devices_are_never_opened(tmp_path: Path) -> None:
     assert not is_supported(root / "SCAN0001")
     with pytest.raises(DataFileError, match="not a regular file"):
         read_image(root / "scan.png")
+    with pytest.raises(DataFileError, match="not a regular file"):
+        read_mask(str(root / "scan.png"), None, ReadSettings())  # masks too
     report = prepare(root, tmp_path / "out", size=16, workers=1)
     assert (report.total, report.written, report.not_regular) == (4, 4, 2)
     assert "2 non-regular file(s)" in str(report)
