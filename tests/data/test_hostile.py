@@ -201,6 +201,14 @@ def test_keys_are_keyed_per_dataset_and_stable(tmp_path: Path) -> None:
     (b / KEY_FILE_NAME).write_text(secret_a.hex())
     keys._secret_for.cache_clear()
     assert dataset_secret(b) == secret_a
+    (b / "Doe^John" / "x.png").write_bytes(b"")
+    ds = ImageFolder(root=str(b), image_size=16)
+    assert ds[0].path == data_key(secret_a, "Doe^John/x.png")
+    os.environ["MEDSSL_SHOW_PATHS"] = "1"  # what `medssl run --show-paths` sets
+    try:
+        assert ds[0] == LoadFailure("Doe^John/x.png", "DataFileError: empty file")
+    finally:
+        del os.environ["MEDSSL_SHOW_PATHS"]
     with pytest.raises(ValueError, match="must not lie inside OUT"):
         prepare(a, tmp_path / "out", key_file=tmp_path / "out" / "k")
 
