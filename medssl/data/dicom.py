@@ -225,6 +225,23 @@ def dicom_to_float(
     return out[None]
 
 
+def _check_decoded_size(ds, max_bytes: int | None) -> None:  # noqa: ANN001
+    """Compressed frames may expand far beyond the file: bound the decoded array too."""
+    if max_bytes is None:
+        return
+    try:
+        n_values = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+        n_values *= int(ds.get("SamplesPerPixel", 1) or 1)
+        itemsize = max(1, (int(ds.get("BitsAllocated", 8) or 8) + 7) // 8)
+    except (AttributeError, TypeError, ValueError):
+        return  # dicom_to_float reports missing or invalid sizes
+    if n_values * itemsize > max_bytes:
+        raise DicomReadError(
+            f"pixel data decodes to {n_values * itemsize} bytes, more than the "
+            f"{max_bytes}-byte limit (data.max_file_bytes)"
+        )
+
+
 def read_dicom(
     path: str | Path,
     frame: FrameSpec = "middle",
@@ -242,6 +259,7 @@ def read_dicom(
         warnings.simplefilter("ignore")
         try:
             ds = _read_dataset(path, max_bytes=max_bytes)
+            _check_decoded_size(ds, max_bytes)
             return dicom_to_float(ds, frame=frame, voi=voi, limits=(max_pixels, max_aspect))
         except (DataFileError, MemoryError, OSError):
             raise

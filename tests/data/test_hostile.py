@@ -269,6 +269,9 @@ def test_sizes_are_checked_from_the_header(tmp_path: Path) -> None:
             if False
             else ReadSettings(max_pixels=3000, max_aspect=None),
         )
+    claims = write_dicom(tmp_path / "claims.dcm", np.zeros((8, 40), np.uint16), NumberOfFrames=1000)
+    with pytest.raises(DataFileError, match="pixel data decodes to 640000 bytes"):
+        read_image(claims, ReadSettings(max_file_bytes=100_000))  # a 1 kB file
     vol = tmp_path / "v.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.float32), np.eye(4)), str(vol))
     with pytest.raises(DataFileError, match="decodes to 1048576 bytes"):
