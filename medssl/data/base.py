@@ -20,8 +20,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
 
+from medssl.data.files import open_regular
 from medssl.data.keys import data_key, dataset_secret, printable_path, show_paths
-from medssl.data.readers import ReadSettings, read_image
+from medssl.data.readers import ReadSettings, open_image, read_image
 from medssl.data.robust import LoadFailure, describe_error
 from medssl.data.transforms import resize_and_crop
 
@@ -205,7 +206,7 @@ class FileDataset(Dataset):
         root = getattr(self.options, "root", None)
         root = os.path.dirname(record.path) if root is None else os.path.expanduser(root)
         rel = os.path.relpath(record.path, root)
-        key = data_key(dataset_secret(root), rel)
+        key = data_key(dataset_secret(root, ephemeral_ok=True), rel)
         return key if record.frame is None else f"{key}[{record.frame}]"
 
 
@@ -214,13 +215,11 @@ def read_mask(path: str, frame: int | None, settings: ReadSettings) -> np.ndarra
     if path.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr")):
         from medssl.data.volumes import load_volume
 
-        vol = load_volume(path)
+        vol = load_volume(path, settings.max_file_bytes)
         n = vol.shape[settings.slice_axis]
         index = n // 2 if frame is None else frame
         return np.take(vol, index, axis=settings.slice_axis).T.astype(np.int64)
-    from PIL import Image
-
-    with Image.open(path) as img:
+    with open_regular(path, settings.max_file_bytes) as fh, open_image(fh, settings) as img:
         img.load()
         arr = np.asarray(img)
     if arr.ndim == 3:

@@ -18,6 +18,7 @@ no pixel checksum).
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,14 @@ _SEG_SOP_CLASSES = {
 _NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG"}
 _MONOCHROME = {"MONOCHROME1", "MONOCHROME2"}
 _COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"}
+
+
+#: pydicom's warnings about quirks it corrects (excess padding, a Photometric
+#: Interpretation the codestream contradicts, more frames than NumberOfFrames says,
+#: an inconsistent offset table, a change of decoding plugin).
+_BENIGN_DECODE_WARNING = re.compile(
+    r"excess padding|Photometric Interpretation|frames|Offset Table|decoding plugin"
+)
 
 
 class DicomReadError(DataFileError):
@@ -96,12 +105,21 @@ def _decode(ds) -> np.ndarray:  # noqa: ANN001
             "pixel data cannot be decoded (truncated, or the header's sizes do not match)",
             str(exc),
         ) from None
-    # A warning while decoding pixels means damaged data (short or padded pixel data,
-    # a corrupt compressed stream); header warnings were raised, and ignored, earlier.
-    if caught:
+    # A warning while decoding pixels may mean damaged data (a wrong transfer syntax, a
+    # corrupt compressed stream); header warnings were raised, and ignored, earlier.
+    # pydicom's fix-ups of common, harmless encoder quirks are not damage.
+    damage = [
+        w
+        for w in caught
+        if not issubclass(
+            w.category, DeprecationWarning | PendingDeprecationWarning | FutureWarning
+        )
+        and not _BENIGN_DECODE_WARNING.search(str(w.message))
+    ]
+    if damage:
         raise DicomReadError(
             "pixel data decoded with a warning (truncated or damaged data)",
-            str(caught[0].message),
+            str(damage[0].message),
         )
     return arr
 
@@ -207,6 +225,23 @@ def dicom_to_float(
     return out[None]
 
 
+def _check_decoded_size(ds, max_bytes: int | None) -> None:  # noqa: ANN001
+    """Compressed frames may expand far beyond the file: bound the decoded array too."""
+    if max_bytes is None:
+        return
+    try:
+        n_values = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+        n_values *= int(ds.get("SamplesPerPixel", 1) or 1)
+        itemsize = max(1, (int(ds.get("BitsAllocated", 8) or 8) + 7) // 8)
+    except (AttributeError, TypeError, ValueError):
+        return  # dicom_to_float reports missing or invalid sizes
+    if n_values * itemsize > max_bytes:
+        raise DicomReadError(
+            f"pixel data decodes to {n_values * itemsize} bytes, more than the "
+            f"{max_bytes}-byte limit (data.max_file_bytes)"
+        )
+
+
 def read_dicom(
     path: str | Path,
     frame: FrameSpec = "middle",
@@ -224,6 +259,7 @@ def read_dicom(
         warnings.simplefilter("ignore")
         try:
             ds = _read_dataset(path, max_bytes=max_bytes)
+            _check_decoded_size(ds, max_bytes)
             return dicom_to_float(ds, frame=frame, voi=voi, limits=(max_pixels, max_aspect))
         except (DataFileError, MemoryError, OSError):
             raise

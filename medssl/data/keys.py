@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -35,6 +36,9 @@ __all__ = [
 
 KEY_FILE_NAME = ".medssl-key"
 SHOW_PATHS_ENV = "MEDSSL_SHOW_PATHS"
+
+log = logging.getLogger(__name__)
+_EPHEMERAL = secrets.token_bytes(32)
 
 
 class KeyFileError(ValueError):
@@ -104,10 +108,31 @@ def _secret_for(root: str, explicit: str | None) -> bytes:
     return _read_secret(stored) if stored.is_file() else _create_secret(stored)
 
 
-def dataset_secret(root: str | Path, key_file: str | Path | None = None) -> bytes:
-    """The secret that keys the files under ``root`` (see the module doc for where)."""
+def dataset_secret(
+    root: str | Path, key_file: str | Path | None = None, ephemeral_ok: bool = False
+) -> bytes:
+    """The secret that keys the files under ``root`` (see the module doc for where).
+
+    When no secret can be read or created (a read-only home, say), this raises
+    :class:`KeyFileError`, or with ``ephemeral_ok`` (failure reports of a run) warns and
+    returns a per-process secret: keys stay PHI-free but differ between runs.
+    """
     explicit = key_file or os.environ.get("MEDSSL_KEY_FILE") or None
-    return _secret_for(os.path.realpath(root), str(explicit) if explicit else None)
+    try:
+        return _secret_for(os.path.realpath(root), str(explicit) if explicit else None)
+    except (OSError, KeyFileError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if not ephemeral_ok:
+            raise KeyFileError(
+                f"no key secret for the data folder ({reason}); set MEDSSL_KEY_DIR to a "
+                "writable folder, or pass a key file"
+            ) from None
+        log.warning(
+            "no key secret for the data folder (%s): failed files are named by keys that "
+            "hold for this process only; set MEDSSL_KEY_DIR or MEDSSL_KEY_FILE",
+            reason,
+        )
+        return _EPHEMERAL
 
 
 def data_key(secret: bytes, relative_path: str) -> str:

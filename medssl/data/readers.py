@@ -111,8 +111,8 @@ def count_frames(path: str | Path, settings: ReadSettings) -> int:
     return 1
 
 
-def _open_pil(fh: object, settings: ReadSettings):  # noqa: ANN202
-    """Open (header only) and check the size before any pixel is decoded."""
+def open_image(fh: object, settings: ReadSettings):  # noqa: ANN202
+    """Open with Pillow (header only) and check the size before any pixel is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -137,7 +137,7 @@ def _open_pil(fh: object, settings: ReadSettings):  # noqa: ANN202
 
 
 def _read_pil(path: Path, settings: ReadSettings) -> np.ndarray:
-    with open_regular(path, settings.max_file_bytes) as fh, _open_pil(fh, settings) as img:
+    with open_regular(path, settings.max_file_bytes) as fh, open_image(fh, settings) as img:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # EXIF and metadata chatter

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,8 @@ from medssl.cli import main
 from medssl.cli_data import prepare as prepare_command
 from medssl.config import load_recipe
 from medssl.data import ImageFolder, LoadFailure, keys
+from medssl.data.base import read_mask
+from medssl.data.dicom import _decode
 from medssl.data.files import DataFileError, NonFiniteError, scan_folder
 from medssl.data.keys import KEY_FILE_NAME, data_key, dataset_secret
 from medssl.data.prepare import TooManyPrepareFailures, prepare
@@ -198,6 +201,14 @@ def test_keys_are_keyed_per_dataset_and_stable(tmp_path: Path) -> None:
     (b / KEY_FILE_NAME).write_text(secret_a.hex())
     keys._secret_for.cache_clear()
     assert dataset_secret(b) == secret_a
+    (b / "Doe^John" / "x.png").write_bytes(b"")
+    ds = ImageFolder(root=str(b), image_size=16)
+    assert ds[0].path == data_key(secret_a, "Doe^John/x.png")
+    os.environ["MEDSSL_SHOW_PATHS"] = "1"  # what `medssl run --show-paths` sets
+    try:
+        assert ds[0] == LoadFailure("Doe^John/x.png", "DataFileError: empty file")
+    finally:
+        del os.environ["MEDSSL_SHOW_PATHS"]
     with pytest.raises(ValueError, match="must not lie inside OUT"):
         prepare(a, tmp_path / "out", key_file=tmp_path / "out" / "k")
 
@@ -211,6 +222,8 @@ def test_fifo_and_devices_are_never_opened(tmp_path: Path) -> None:
     assert not is_supported(root / "SCAN0001")
     with pytest.raises(DataFileError, match="not a regular file"):
         read_image(root / "scan.png")
+    with pytest.raises(DataFileError, match="not a regular file"):
+        read_mask(str(root / "scan.png"), None, ReadSettings())  # masks too
     report = prepare(root, tmp_path / "out", size=16, workers=1)
     assert (report.total, report.written, report.not_regular) == (4, 4, 2)
     assert "2 non-regular file(s)" in str(report)
@@ -256,6 +269,9 @@ def test_sizes_are_checked_from_the_header(tmp_path: Path) -> None:
             if False
             else ReadSettings(max_pixels=3000, max_aspect=None),
         )
+    claims = write_dicom(tmp_path / "claims.dcm", np.zeros((8, 40), np.uint16), NumberOfFrames=1000)
+    with pytest.raises(DataFileError, match="pixel data decodes to 640000 bytes"):
+        read_image(claims, ReadSettings(max_file_bytes=100_000))  # a 1 kB file
     vol = tmp_path / "v.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.float32), np.eye(4)), str(vol))
     with pytest.raises(DataFileError, match="decodes to 1048576 bytes"):
@@ -322,6 +338,21 @@ def test_damaged_files_are_reported_where_detectable(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match="pixel data cannot be decoded") as info:
         read_image(tmp_path / "short.dcm")
     assert "DOE" not in describe_error(info.value, paths=False)
+
+    class Warns:  # a dataset whose pixel decoder warns
+        file_meta: dict[str, str] = {}
+
+        def __init__(self, message: str) -> None:
+            self.message = message
+
+        @property
+        def pixel_array(self) -> np.ndarray:
+            warnings.warn(self.message, UserWarning, stacklevel=2)
+            return np.zeros((2, 2))
+
+    with pytest.raises(DataFileError, match="decoded with a warning"):
+        _decode(Warns("corrupt JPEG stream"))
+    assert _decode(Warns("1 bytes of excess padding to be removed")).shape == (2, 2)
     png = write_png(tmp_path / "a.png", _noise(0)).read_bytes()
     flipped = bytearray(png)
     flipped[len(png) // 2] ^= 0xFF  # inside the zlib stream of IDAT
@@ -402,3 +433,18 @@ def test_max_failure_share_is_checked_on_the_last_epoch(tiny_recipe: Path) -> No
     ):
         train(recipe, registry)
     assert (Path(recipe.recipe.output_dir) / "backbone.safetensors").is_file()  # work kept
+
+
+def test_no_writable_key_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "not_a_dir").write_text("x")
+    monkeypatch.setenv("MEDSSL_KEY_DIR", str(tmp_path / "not_a_dir" / "keys"))
+    root = tmp_path / "d"
+    write_png(root / "ok.png", _noise(0))
+    (root / "DOE_empty.png").write_bytes(b"")
+    result = CliRunner().invoke(prepare_command, [str(root), str(tmp_path / "out")])
+    assert result.exit_code == 1 and "no key secret for the data folder" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    ds = ImageFolder(root=str(root), image_size=16)  # a run still names failures by key
+    failure = ds[0]
+    assert isinstance(failure, LoadFailure) and len(failure.path) == 24
+    assert "DOE" not in failure.path

@@ -428,4 +428,4 @@ class CTVolume(Dataset):
             return printable_path(image)
         root = self.options.root
         root = os.path.dirname(image) if root is None else os.path.expanduser(root)
-        return data_key(dataset_secret(root), os.path.relpath(image, root))
+        return data_key(dataset_secret(root, ephemeral_ok=True), os.path.relpath(image, root))
