@@ -47,6 +47,11 @@ __all__ = ["prepare"]
     is_flag=True,
     help="Also write each source path into the manifest (may contain identifiers).",
 )
+@click.option(
+    "--no-follow-links",
+    is_flag=True,
+    help="Do not descend into symbolic links to folders (followed by default, loops cut).",
+)
 def prepare(
     source: str,
     out: str,
@@ -56,6 +61,7 @@ def prepare(
     frame: str,
     no_voi: bool,
     with_source_paths: bool,
+    no_follow_links: bool,
 ) -> None:
     """Decode every image under SOURCE once and write compact PNGs + manifest.csv to OUT.
 
@@ -84,6 +90,7 @@ def prepare(
         settings=settings,
         with_source_paths=with_source_paths,
         progress=progress,
+        follow_links=not no_follow_links,
     )
     click.echo(str(report))
     for rel, reason in report.failures[:20]:

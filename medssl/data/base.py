@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from medssl.data.readers import ReadSettings, read_image
 from medssl.data.robust import LoadFailure, describe_error
 from medssl.data.transforms import resize_and_crop
+from medssl.types import OfficialSplits
 
 __all__ = [
     "META_KEYS",
@@ -61,6 +62,7 @@ class Record:
     text: str | None = None
     mask_path: str | None = None
     display: str = ""  # path shown in failure reports (relative to the root)
+    group: str | None = None  # patient / study key: splits probes, never reaches a sample
 
 
 def normalise_age(value: Any) -> float | None:
@@ -102,6 +104,10 @@ class FileDataset(Dataset):
     task: str | None = None
     label_names: list[str] | None = None
     mask_names: list[str] | None = None
+    #: the label column of a multi-class target (reported by probes under this name)
+    target_name: str | None = None
+    #: what :meth:`groups` returns keys of (``"patient"``, ``"study"``...), or ``None``
+    group_kind: str | None = None
 
     def __init__(self, **options: Any) -> None:
         self._setup(self.Options(**options))
@@ -124,6 +130,17 @@ class FileDataset(Dataset):
     def capabilities(cls, **options: Any) -> dict[str, bool]:
         """``has_text`` / ``has_mask`` from the options alone, without reading any file."""
         return {"has_text": bool(cls.has_text), "has_mask": bool(cls.has_mask)}
+
+    @classmethod
+    def official_splits(cls, **options: Any) -> OfficialSplits | None:
+        """The dataset's own train / held-out split (see :class:`medssl.types.OfficialSplits`)."""
+        return None
+
+    def groups(self) -> list[str | None] | None:
+        """The group key (patient, study) of every sample, or ``None`` without one."""
+        if self.group_kind is None:
+            return None
+        return [r.group for r in self.records]
 
     @property
     def num_classes(self) -> int | None:
@@ -233,6 +250,7 @@ def expand_frames(records: list[Record], settings: ReadSettings) -> list[Record]
                     record.text,
                     record.mask_path,
                     f"{record.display}[{i}]",
+                    record.group,
                 )
             )
     return out

@@ -5,7 +5,9 @@ observations with ``1.0`` (positive), ``0.0`` (negative), ``-1.0`` (uncertain) o
 (not mentioned, read as negative). ``uncertain`` picks the paper's policies: U-Ones,
 U-Zeros, or ``ignore`` (NaN, for a masked loss). ``Path`` starts with the dataset folder
 (``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``); it is resolved
-against ``root`` with or without that first component.
+against ``root`` with or without that first component; ``root`` may be that folder or the
+folder holding it. The official split is ``train`` / ``valid`` (patient-disjoint); the
+group key is the ``patientNNNNN`` folder of the path.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from medssl.data.base import (
 )
 from medssl.data.robust import resolve_under_root
 from medssl.data.tables import find_table, read_table, require_columns
+from medssl.types import OfficialSplits
 
 __all__ = ["CHEXPERT_OBSERVATIONS", "CheXpert", "chexpert_value"]
 
@@ -71,6 +74,7 @@ class CheXpert(FileDataset):
     """CheXpert: 14 observations, age, sex and view (``PA``/``AP``/``LATERAL``)."""
 
     task = "multilabel"
+    group_kind = "patient"
 
     class Options(CommonOptions):
         root: str
@@ -80,10 +84,14 @@ class CheXpert(FileDataset):
         frontal_only: bool = False
         skip_missing: bool = True
 
+    @classmethod
+    def official_splits(cls, **options: Any) -> OfficialSplits:
+        return OfficialSplits(train="train", val="valid")
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         opts = self.options
-        root = resolve_root(opts.root, "chexpert")
+        root = _dataset_folder(resolve_root(opts.root, "chexpert"), f"{opts.split}.csv")
         table = find_table(root, f"{opts.split}.csv")
         where = f"chexpert table {str(table)!r}"
         header, rows = read_table(table)
@@ -118,10 +126,21 @@ class CheXpert(FileDataset):
                 "sex": normalise_sex(row["Sex"]),
                 "view": view or None,
             }
-            records.append(Record(path, None, label, meta, None, None, rel))
+            group = next((p for p in rel.split("/") if p.startswith("patient")), None)
+            records.append(Record(path, None, label, meta, None, None, rel, group))
         if missing:
             log.warning("chexpert: %d listed image(s) not found under %s (skipped)", missing, root)
         self.records = records
+
+
+def _dataset_folder(root: Path, table: str) -> Path:
+    """``root``, or its ``CheXpert-v1.0[-small]`` sub-folder when only that holds ``table``."""
+    if (root / table).is_file() or (root / f"{table}.gz").is_file():
+        return root
+    for child in sorted(root.glob("CheXpert*")):
+        if child.is_dir() and ((child / table).is_file() or (child / f"{table}.gz").is_file()):
+            return child
+    return root
 
 
 def _strip_first_component(root: Path, rows: list[dict[str, str]]) -> bool:

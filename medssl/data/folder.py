@@ -2,6 +2,8 @@
 
 Like torchvision's ``ImageFolder`` when ``labels_from_folders`` is set (the first
 folder level names the class); otherwise unlabelled, for self-supervised training.
+Symbolic links to folders are followed (``follow_links``, loops cut: see
+:mod:`medssl.data.walk`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pydantic import Field
 
 from medssl.data.base import CommonOptions, FileDataset, Record, expand_frames, resolve_root
 from medssl.data.readers import is_supported
+from medssl.data.walk import walk_files
 
 __all__ = ["ImageFolder"]
 
@@ -25,20 +28,21 @@ class ImageFolder(FileDataset):
         labels_from_folders: bool = Field(
             False, description="class index from the first folder level under root"
         )
-        follow_links: bool = False
+        follow_links: bool = Field(
+            True, description="descend into symbolic links to folders (loops are cut)"
+        )
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         root = resolve_root(self.options.root, "image_folder")
-        paths: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=self.options.follow_links):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                if not name.startswith(".") and is_supported(full):
-                    paths.append(full)
+        follow = self.options.follow_links
+        paths = list(walk_files(root, follow_links=follow, keep=is_supported))
         if not paths:
-            raise FileNotFoundError(f"image_folder: no readable image under {str(root)!r}")
+            links = "followed" if follow else "not followed (follow_links: false)"
+            raise FileNotFoundError(
+                f"image_folder: no readable image under {str(root)!r} "
+                f"(symbolic links to folders {links})"
+            )
         classes: list[str] = []
         if self.options.labels_from_folders:
             classes = sorted(

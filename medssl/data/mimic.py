@@ -7,7 +7,9 @@ Tables (``.csv`` or ``.csv.gz`` under ``root``): ``mimic-cxr-2.0.0-split.csv``
 1/0/-1/blank convention). Images: ``files/p10/p10000032/s50414267/<dicom_id>.jpg``.
 Reports (MIMIC-CXR ``files/p10/p10000032/s50414267.txt``) are read when ``reports_root``
 is given. Subject and study IDs only locate files; they never reach a sample. MIMIC-CXR-JPG
-carries no age or sex (those live in MIMIC-IV), so ``meta`` has the view only.
+carries no age or sex (those live in MIMIC-IV), so ``meta`` has the view only. The
+official split is ``train`` / ``validate`` (``test`` is left for final reporting), disjoint
+by subject; the subject groups samples for probe splits and never reaches a sample.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pydantic import Field
 from medssl.data.base import CommonOptions, FileDataset, Record, normalise_view, resolve_root
 from medssl.data.chexpert import CHEXPERT_OBSERVATIONS, UncertainPolicy, chexpert_value
 from medssl.data.tables import find_table, read_table, require_columns
+from medssl.types import OfficialSplits
 
 __all__ = ["MimicCxrJpg", "report_text"]
 
@@ -50,6 +53,7 @@ class MimicCxrJpg(FileDataset):
     """MIMIC-CXR-JPG: 14 CheXpert labels, the view, and the report when present."""
 
     task = "multilabel"
+    group_kind = "patient"
 
     class Options(CommonOptions):
         root: str
@@ -65,6 +69,10 @@ class MimicCxrJpg(FileDataset):
     @classmethod
     def capabilities(cls, **options: Any) -> dict[str, bool]:
         return {"has_text": options.get("reports_root") is not None, "has_mask": False}
+
+    @classmethod
+    def official_splits(cls, **options: Any) -> OfficialSplits:
+        return OfficialSplits(train="train", val="validate")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -127,7 +135,7 @@ class MimicCxrJpg(FileDataset):
                     continue
                 text = report_text(report.read_text(errors="replace"), opts.report_sections_only)
             label = labels.get((subject, study), blank)
-            records.append(Record(path, None, label, {"view": view}, text, None, rel))
+            records.append(Record(path, None, label, {"view": view}, text, None, rel, subject))
         if missing:
             log.warning("mimic_cxr_jpg: %d image(s) not found (skipped)", missing)
         if no_report:

@@ -30,6 +30,7 @@ import torch
 from medssl.data.readers import ReadSettings, is_supported, read_image
 from medssl.data.robust import describe_error
 from medssl.data.transforms import resize_shorter_side
+from medssl.data.walk import walk_files
 
 __all__ = ["PrepareReport", "output_key", "prepare", "prepare_one"]
 
@@ -100,15 +101,11 @@ def prepare_one(
         return rel, describe_error(exc)
 
 
-def _scan(source: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(source):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            if not name.startswith(".") and is_supported(full):
-                found.append(os.path.relpath(full, source))
-    return found
+def _scan(source: Path, follow_links: bool = True) -> list[str]:
+    return [
+        os.path.relpath(full, source)
+        for full in walk_files(source, follow_links=follow_links, keep=is_supported)
+    ]
 
 
 def _remove_stale_temporaries(out: Path) -> int:
@@ -175,6 +172,7 @@ def prepare(
     settings: ReadSettings | None = None,
     with_source_paths: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    follow_links: bool = True,
 ) -> PrepareReport:
     """Convert every readable file under ``source`` into ``out`` (see the module doc)."""
     source, out = Path(source), Path(out)
@@ -189,7 +187,9 @@ def prepare(
     _remove_stale_temporaries(out)
     # OUT may sit inside SOURCE: its files must not be read back as sources on a rerun.
     out_abs = out.resolve()
-    sources = [s for s in _scan(source) if not (source / s).resolve().is_relative_to(out_abs)]
+    sources = [
+        s for s in _scan(source, follow_links) if not (source / s).resolve().is_relative_to(out_abs)
+    ]
     report = PrepareReport(total=len(sources))
     todo = []
     for rel in sources:

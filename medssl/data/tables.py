@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["find_table", "read_table", "require_columns"]
+__all__ = ["find_column", "find_table", "read_table", "require_columns"]
 
 
 def find_table(root: Path, name: str) -> Path:
@@ -37,3 +37,23 @@ def require_columns(header: Iterable[str], columns: Iterable[str | None], where:
     missing = [c for c in columns if c is not None and c not in header]
     if missing:
         raise ValueError(f"{where}: column(s) {missing} not found; the table has {header}")
+
+
+def _key(name: str) -> str:
+    return " ".join(name.replace("_", " ").split()).lower()
+
+
+def find_column(header: Iterable[str], names: Iterable[str], where: str) -> str:
+    """The header's spelling of the first of ``names`` it has (case, spaces, ``_`` ignored).
+
+    Releases of one dataset spell a column differently (NIH's ``Patient Gender`` became
+    ``Patient Sex`` in its 2020 table); listing the variants accepts either.
+    """
+    header, names = list(header), list(names)
+    by_key = {_key(h): h for h in header}
+    for name in names:
+        if _key(name) in by_key:
+            return by_key[_key(name)]
+    raise ValueError(
+        f"{where}: column {' / '.join(repr(n) for n in names)} not found; the table has {header}"
+    )

@@ -32,6 +32,7 @@ def markdown_table(results: list[EvalResult]) -> str:
                 f"{_fmt(row.floors.get('trivial', math.nan))} | {r.n_train}/{r.n_val} |"
             )
     notes = [f"- {r.evaluator}: {note}" for r in results for note in r.notes]
+    notes += [f"- {r.evaluator} split: {r.split['summary']}" for r in results if r.split]
     legend = (
         "\nFloors: *raw-pixel* is the same probe fit on the downsampled raw pixels (for "
         "segmentation, on the raw pixel patches); *trivial* is chance AUROC, the majority "
