@@ -59,6 +59,7 @@ class ImageFolder(FileDataset):
                 )
             self.label_names = classes
             self.task = "multiclass"
+            self.target_name = "folder"
         index = {c: i for i, c in enumerate(classes)}
         records = []
         for p in paths:

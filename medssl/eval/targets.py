@@ -40,6 +40,7 @@ class Targets:
     names: list[str]
     y_tr: np.ndarray
     y_va: np.ndarray
+    column: str = "class"  # the row name of a multi-class target: its label column
 
 
 def _infer_kind(labels: np.ndarray) -> str:
@@ -62,7 +63,7 @@ def targets_of(splits: Splits, evaluator: str) -> Targets:
         y_tr, y_va = y_tr.astype(int).reshape(-1), y_va.astype(int).reshape(-1)
         n = int(max(y_tr.max(), y_va.max())) + 1
         names = splits.label_names if len(splits.label_names) == n else [str(i) for i in range(n)]
-        return Targets("multiclass", names, y_tr, y_va)
+        return Targets("multiclass", names, y_tr, y_va, splits.target_name or "class")
     y_tr, y_va = y_tr.astype(np.float64), y_va.astype(np.float64)
     if y_tr.ndim == 1:
         y_tr, y_va = y_tr[:, None], y_va[:, None]
@@ -81,7 +82,7 @@ def score_targets(
     if t.kind == "multiclass":
         n = len(t.names)
         probs = probe.multiclass(x_tr, t.y_tr, x_va, n)
-        scores["class"] = multiclass_metrics(t.y_va, probs)
+        scores[t.column] = multiclass_metrics(t.y_va, probs)
         return scores
     for j, name in enumerate(t.names):
         tr, va = ~np.isnan(t.y_tr[:, j]), ~np.isnan(t.y_va[:, j])
