@@ -51,6 +51,11 @@ class CommonOptions(BaseModel):
     slice_axis: Literal[0, 1, 2] = 2
     dicom_voi: bool = Field(True, description="apply the file's VOI LUT / window, else min-max")
     volume_window: tuple[float, float] | None = None
+    scale16: Literal["auto", "full", "minmax"] = Field(
+        "auto",
+        description="16-bit images: 'auto' uses the PNG sBIT chunk, else the smallest bit "
+        "depth holding the image's values; 'full' divides by 65535; 'minmax' per image",
+    )
 
 
 @dataclass
@@ -123,6 +128,7 @@ class FileDataset(Dataset):
             slice_axis=opts.slice_axis,
             dicom_voi=opts.dicom_voi,
             volume_window=tuple(opts.volume_window) if opts.volume_window else None,
+            scale16=opts.scale16,
         )
         self.records: list[Record] = []
 

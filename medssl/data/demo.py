@@ -83,6 +83,7 @@ class DemoCXR(CsvManifest):
             slice_axis=opts.slice_axis,
             dicom_voi=opts.dicom_voi,
             volume_window=opts.volume_window,
+            scale16=opts.scale16,
         )
         self._setup(manifest_opts)
         self._index(manifest_opts)

@@ -72,8 +72,14 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         img = Image.fromarray(np.ascontiguousarray(np.moveaxis(array, 0, -1)))
     else:
         img = Image.fromarray(np.ascontiguousarray(array.reshape(array.shape[-2:])))
+    info = None
+    if array.dtype == np.uint16:  # all 16 bits significant: readers scale by 65535
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add(b"sBIT", b"\x10")
     with open(tmp, "wb") as fh:
-        img.save(fh, format="PNG", compress_level=6)
+        img.save(fh, format="PNG", compress_level=6, pnginfo=info)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
