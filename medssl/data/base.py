@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -113,6 +114,8 @@ class FileDataset(Dataset):
     target_name: str | None = None
     #: what :meth:`groups` returns keys of (``"patient"``, ``"study"``...), or ``None``
     group_kind: str | None = None
+    #: what was checked on a sample only (``medssl validate`` prints it), or ``None``
+    check_note: str | None = None
 
     def __init__(self, **options: Any) -> None:
         self._setup(self.Options(**options))
@@ -130,7 +133,7 @@ class FileDataset(Dataset):
             volume_window=tuple(opts.volume_window) if opts.volume_window else None,
             scale16=opts.scale16,
         )
-        self.records: list[Record] = []
+        self.records: Sequence[Record] = []
 
     @classmethod
     def capabilities(cls, **options: Any) -> dict[str, bool]:
@@ -146,7 +149,8 @@ class FileDataset(Dataset):
         """The group key (patient, study) of every sample, or ``None`` without one."""
         if self.group_kind is None:
             return None
-        return [r.group for r in self.records]
+        columns = getattr(self.records, "groups", None)  # ColumnRecords keeps them as a list
+        return list(columns) if columns is not None else [r.group for r in self.records]
 
     @property
     def num_classes(self) -> int | None:

@@ -6,10 +6,10 @@ import csv
 import gzip
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["find_column", "find_table", "read_table", "require_columns"]
+__all__ = ["find_column", "find_table", "iter_rows", "read_table", "require_columns"]
 
 
 def find_table(root: Path, name: str) -> Path:
@@ -30,6 +30,22 @@ def read_table(path: Path, delimiter: str = ",") -> tuple[list[str], list[dict[s
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows = list(reader)
     return list(reader.fieldnames or []), rows
+
+
+def iter_rows(path: Path, delimiter: str = ",") -> tuple[list[str], Iterator[list[str]]]:
+    """The header and an iterator over the rows as lists: a large table is never held whole."""
+    if path.suffix == ".gz":
+        fh = io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    else:
+        fh = open(path, encoding="utf-8-sig", newline="")
+    reader = csv.reader(fh, delimiter=delimiter)
+    header = next(reader, [])
+
+    def rows() -> Iterator[list[str]]:
+        with fh:
+            yield from reader
+
+    return header, rows()
 
 
 def require_columns(header: Iterable[str], columns: Iterable[str | None], where: str) -> None:
