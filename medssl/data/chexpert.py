@@ -121,8 +121,6 @@ class CheXpert(FileDataset):
         view_col: list[str | None] = []
         group_col: list[str | None] = []
         for line, row in enumerate(itertools.chain(head, rows), start=2):
-            if len(row) < len(header):
-                raise ValueError(f"{where} line {line}: {len(row)} cells, the header has more")
             frontal = row[i_frontal].strip().lower() == "frontal"
             if opts.frontal_only and not frontal:
                 continue

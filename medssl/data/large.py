@@ -73,8 +73,10 @@ class ColumnRecords(Sequence[Record]):
         labels: np.ndarray | None,
         meta: dict[str, list[Any]],
         groups: list[str | None] | None = None,
+        text: list[str | None] | None = None,
     ) -> None:
         self.root, self.rel, self.labels, self.meta, self.groups = root, rel, labels, meta, groups
+        self.text = text
 
     def __len__(self) -> int:
         return len(self.rel)
@@ -94,7 +96,7 @@ class ColumnRecords(Sequence[Record]):
             None,
             None if self.labels is None else self.labels[index].copy(),
             {key: values[index] for key, values in self.meta.items()},
-            None,
+            None if self.text is None else self.text[index],
             None,
             rel,
             None if self.groups is None else self.groups[index],
@@ -110,4 +112,5 @@ class ColumnRecords(Sequence[Record]):
             None if self.labels is None else self.labels[index],
             {key: pick(values) for key, values in self.meta.items()},
             None if self.groups is None else pick(self.groups),
+            None if self.text is None else pick(self.text),
         )

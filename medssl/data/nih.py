@@ -12,6 +12,7 @@ samples for probe splits only; they and follow-up numbers never reach a sample.
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 from pathlib import Path
@@ -23,13 +24,13 @@ from pydantic import Field
 from medssl.data.base import (
     CommonOptions,
     FileDataset,
-    Record,
     normalise_age,
     normalise_sex,
     normalise_view,
     resolve_root,
 )
-from medssl.data.tables import find_column, find_table, read_table
+from medssl.data.large import ColumnRecords
+from medssl.data.tables import find_column, find_table, iter_rows
 from medssl.data.walk import walk_files
 from medssl.types import OfficialSplits
 
@@ -93,9 +94,9 @@ class NIHChestXray14(FileDataset):
         root = resolve_root(opts.root, "nih_chestxray14")
         table = _nih_table(root, opts.table)
         where = f"nih_chestxray14 table {str(table)!r}"
-        header, rows = read_table(table)
+        header, rows = iter_rows(table)  # streamed: 112,120 rows
         col = {
-            key: find_column(header, names, where)
+            key: header.index(find_column(header, names, where))
             for key, names in (
                 ("image", ["Image Index"]),
                 ("labels", ["Finding Labels"]),
@@ -104,16 +105,28 @@ class NIHChestXray14(FileDataset):
                 ("view", ["View Position"]),
             )
         }
-        patient = next((h for h in header if h.strip().lower() == "patient id"), None)
+        patient = next((i for i, h in enumerate(header) if h.strip().lower() == "patient id"), None)
+        keep = None
         if opts.split != "all":
-            listed = find_table(root, f"{opts.split}_list.txt").read_text().split()
-            keep = set(listed)
-            rows = [r for r in rows if r[col["image"]].strip() in keep]
-        files = index_files(str(root), (".png",), opts.follow_links)
-        position = {name: i for i, name in enumerate(NIH_FINDINGS)}
-        records, missing = [], 0
+            keep = set(find_table(root, f"{opts.split}_list.txt").read_text().split())
+        root_s = os.path.normpath(os.path.abspath(root))
+        files = index_files(root_s, (".png",), opts.follow_links)
+        # Few distinct cells: parse each once.
+        parsed: dict[str, list[float]] = {}
+        ages: dict[str, float | None] = {}
+        sexes: dict[str, str | None] = {}
+        views: dict[str, str | None] = {}
+        rel_col: list[str] = []
+        labels = array.array("f")
+        age_col: list[float | None] = []
+        sex_col: list[str | None] = []
+        view_col: list[str | None] = []
+        group_col: list[str | None] = []
+        missing = 0
         for line, row in enumerate(rows, start=2):
             name = row[col["image"]].strip()
+            if keep is not None and name not in keep:
+                continue
             if os.sep in name or "/" in name or name in ("", ".", ".."):
                 raise ValueError(f"{where} line {line}: bad image name {name!r}")
             path = files.get(name)
@@ -121,24 +134,23 @@ class NIHChestXray14(FileDataset):
                 missing += 1
                 if opts.skip_missing:
                     continue
-                path = os.path.join(root, "images", name)
-            label = np.zeros(len(NIH_FINDINGS), dtype=np.float32)
-            for finding in row[col["labels"]].split("|"):
-                finding = finding.strip()
-                if finding in ("", "No Finding"):
-                    continue
-                if finding not in position:
-                    raise ValueError(f"{where} line {line}: unknown finding {finding!r}")
-                label[position[finding]] = 1.0
-            meta = {
-                "age": normalise_age(row[col["age"]]),
-                "sex": normalise_sex(row[col["sex"]]),
-                "view": normalise_view(row[col["view"]]),
-            }
+                path = os.path.join(root_s, "images", name)
+            cell = row[col["labels"]]
+            if cell not in parsed:
+                parsed[cell] = _findings(cell, f"{where} line {line}")
+            labels.extend(parsed[cell])
+            for column, cache, parse, out in (
+                ("age", ages, normalise_age, age_col),
+                ("sex", sexes, normalise_sex, sex_col),
+                ("view", views, normalise_view, view_col),
+            ):
+                cell = row[col[column]]
+                if cell not in cache:
+                    cache[cell] = parse(cell)  # type: ignore[operator]
+                out.append(cache[cell])
             # The image name starts with the patient ID (00000001_000.png): the fallback.
-            group = row[patient].strip() if patient else name.split("_", 1)[0]
-            display = os.path.relpath(path, root)
-            records.append(Record(path, None, label, meta, None, None, display, group))
+            group_col.append(row[patient].strip() if patient is not None else name.split("_")[0])
+            rel_col.append(os.path.relpath(path, root_s))
         if missing:
             log.warning(
                 "nih_chestxray14: %d listed image(s) not found under %s%s",
@@ -146,7 +158,29 @@ class NIHChestXray14(FileDataset):
                 root,
                 " (skipped)" if opts.skip_missing else "",
             )
-        self.records = records
+        self.records = ColumnRecords(
+            root_s,
+            rel_col,
+            np.frombuffer(labels, dtype=np.float32).reshape(-1, len(NIH_FINDINGS)),
+            {"age": age_col, "sex": sex_col, "view": view_col},
+            group_col,
+        )
+
+
+_POSITION = {name: i for i, name in enumerate(NIH_FINDINGS)}
+
+
+def _findings(cell: str, where: str) -> list[float]:
+    """``"Effusion|Mass"`` -> multi-hot over :data:`NIH_FINDINGS`; ``"No Finding"`` -> zeros."""
+    label = [0.0] * len(NIH_FINDINGS)
+    for finding in cell.split("|"):
+        finding = finding.strip()
+        if finding in ("", "No Finding"):
+            continue
+        if finding not in _POSITION:
+            raise ValueError(f"{where}: unknown finding {finding!r}")
+        label[_POSITION[finding]] = 1.0
+    return label
 
 
 def _nih_table(root: Path, name: str | None) -> Path:

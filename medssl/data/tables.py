@@ -33,7 +33,11 @@ def read_table(path: Path, delimiter: str = ",") -> tuple[list[str], list[dict[s
 
 
 def iter_rows(path: Path, delimiter: str = ",") -> tuple[list[str], Iterator[list[str]]]:
-    """The header and an iterator over the rows as lists: a large table is never held whole."""
+    """The header and an iterator over the rows as lists: a large table is never held whole.
+
+    Blank lines are skipped and short rows padded with empty cells, as ``csv.DictReader``
+    does, so a row can be indexed by any header position.
+    """
     if path.suffix == ".gz":
         fh = io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
     else:
@@ -41,9 +45,16 @@ def iter_rows(path: Path, delimiter: str = ",") -> tuple[list[str], Iterator[lis
     reader = csv.reader(fh, delimiter=delimiter)
     header = next(reader, [])
 
+    width = len(header)
+
     def rows() -> Iterator[list[str]]:
         with fh:
-            yield from reader
+            for row in reader:
+                if len(row) < width:
+                    if not row:
+                        continue
+                    row += [""] * (width - len(row))
+                yield row
 
     return header, rows()
 

@@ -74,3 +74,9 @@ def test_validate_prints_the_sampled_check(tmp_path: Path, monkeypatch, tiny_rec
     result = CliRunner().invoke(main, ["validate", str(tiny_recipe)])
     assert result.exit_code == 0, result.output
     assert "file existence checked on a seeded sample of 2" in result.output
+
+
+def test_iter_rows_pads_short_rows_and_skips_blank_lines(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("a,b,c\n1\n\n4,5,6\n")
+    header, rows = iter_rows(tmp_path / "t.csv")
+    assert list(rows) == [["1", "", ""], ["4", "5", "6"]]
