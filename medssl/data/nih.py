@@ -105,7 +105,10 @@ class NIHChestXray14(FileDataset):
                 ("view", ["View Position"]),
             )
         }
-        patient = next((i for i, h in enumerate(header) if h.strip().lower() == "patient id"), None)
+        try:
+            patient: int | None = header.index(find_column(header, ["Patient ID"], where))
+        except ValueError:
+            patient = None  # taken from the image name below
         keep = None
         if opts.split != "all":
             keep = set(find_table(root, f"{opts.split}_list.txt").read_text().split())

@@ -80,3 +80,26 @@ def test_iter_rows_pads_short_rows_and_skips_blank_lines(tmp_path: Path) -> None
     (tmp_path / "t.csv").write_text("a,b,c\n1\n\n4,5,6\n")
     header, rows = iter_rows(tmp_path / "t.csv")
     assert list(rows) == [["1", "", ""], ["4", "5", "6"]]
+
+
+def test_nih_table_variants(tmp_path: Path) -> None:
+    from medssl.data import NIHChestXray14
+
+    for name in ("00000007_000.png", "00000007_001.png", "00000009_000.png"):
+        path = tmp_path / "images" / name
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8), 50, np.uint8)).save(path)
+    (tmp_path / "Data_Entry_2017.csv").write_text(
+        "Image Index,Finding Labels,Patient Age,Patient Gender,View Position\n"
+        "00000007_000.png,Mass,40,M,PA\n"
+    )
+    # the 2020 file wins when both are there; 'Patient Sex', no 'Patient ID' column
+    (tmp_path / "Data_Entry_2017_v2020.csv").write_text(
+        "Image Index,Finding Labels,Patient Age,Patient Sex,View Position\n"
+        "00000007_000.png,Mass,40,M,PA\n00000007_001.png,No Finding,41,M,AP\n"
+        "00000009_000.png,Effusion,60,F,PA\n"
+    )
+    ds = NIHChestXray14(root=str(tmp_path), image_size=8)
+    assert len(ds) == 3 and ds.records[2].meta == {"age": 60.0, "sex": "F", "view": "PA"}
+    assert ds.groups() == ["00000007", "00000007", "00000009"]  # from the image names
+    assert len(NIHChestXray14(root=str(tmp_path), table="Data_Entry_2017.csv")) == 1
