@@ -70,6 +70,11 @@ __all__ = ["prepare"]
     type=click.IntRange(min=1),
     help="Refuse images with more pixels (checked from the header, before decoding).",
 )
+@click.option(
+    "--no-follow-links",
+    is_flag=True,
+    help="Do not descend into symbolic links to folders (followed by default, loops cut).",
+)
 def prepare(
     source: str,
     out: str,
@@ -82,6 +87,7 @@ def prepare(
     key_file: str | None,
     max_failure_share: float,
     max_pixels: int,
+    no_follow_links: bool,
 ) -> None:
     """Decode every image under SOURCE once and write compact PNGs + manifest.csv to OUT.
 
@@ -123,6 +129,7 @@ def prepare(
             progress=progress,
             key_file=key_file,
             max_failure_share=max_failure_share,
+            follow_links=not no_follow_links,
         )
     except TooManyPrepareFailures as exc:
         too_many, report = exc, exc.report

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "DatasetAdapter",
+    "OfficialSplits",
     "BackboneOutput",
     "BlockMaskSpec",
     "LearningSignals",
@@ -50,6 +52,45 @@ class Sample(TypedDict, total=False):
     label: Tensor
     mask: Tensor
     text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OfficialSplits:
+    """A dataset's own train / held-out split, under the dataset's own names.
+
+    A probe builds the adapter twice, with ``{option: train}`` and ``{option: val}``
+    (NIH ChestX-ray14: ``split: train_val`` / ``split: test``; CheXpert ``train`` /
+    ``valid``; MIMIC-CXR ``train`` / ``validate``). ``disjoint`` states that the
+    published split keeps every group (patient) on one side; a probe stops with an error
+    when it does not. A split made by image (the demo data's) sets ``disjoint=False`` and
+    the groups found on both sides are reported as a warning instead.
+    """
+
+    train: str
+    val: str
+    option: str = "split"
+    disjoint: bool = True
+
+
+@runtime_checkable
+class DatasetAdapter(Protocol):
+    """A dataset: ``len(ds)`` and ``ds[i]`` -> :class:`Sample` (or a load failure).
+
+    Optional attributes the evaluators read (see ``docs/writing_plugins.md``):
+
+    - ``official_splits(**options) -> OfficialSplits | None`` (classmethod): the
+      dataset's own split, from the options alone, without reading a file;
+    - ``group_kind: str | None``: what groups samples (``"patient"``, ``"study"``,
+      ``"source CT"``), ``None`` when the source has no such key;
+    - ``groups() -> Sequence[str | None]``: the group key of every sample, in index
+      order. Keys only separate probe splits: they never reach a sample, a log or a file;
+    - ``task``, ``label_names``, ``target_name`` (the label column of a multi-class
+      target), ``mask_names``.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,7 +188,7 @@ class StepOutputs:
     diagnose: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LearningSignals:
     """What an objective tells the engine's learning diagnostics (``docs/diagnostics.md``).
 

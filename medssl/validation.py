@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from medssl.config import RecipeError, ResolvedRecipe, build_component
+from medssl.data.large import sampled_file_checks
 from medssl.data.robust import LoadFailure
 from medssl.plugins import Registry
 from medssl.types import ViewRequest, Views
@@ -56,7 +57,8 @@ def check_recipe(recipe: ResolvedRecipe, registry: Registry) -> list[str]:
     """Raise :class:`RecipeError` on the first problem; return informational notes."""
     notes: list[str] = []
     source = recipe.source
-    dataset = build_component(registry, recipe.data)
+    with sampled_file_checks():  # a large table's files are checked on a sample, said below
+        dataset = build_component(registry, recipe.data)
     policy = build_component(registry, recipe.augmentation)
     backbone = build_component(registry, recipe.backbone)
     patch_size = int(backbone.patch_size)
@@ -140,4 +142,6 @@ def check_recipe(recipe: ResolvedRecipe, registry: Registry) -> list[str]:
     notes.append(
         f"dataset {recipe.data.name!r}: {len(dataset)} images of shape {tuple(image.shape)}"
     )
+    if getattr(dataset, "check_note", None):
+        notes.append(str(dataset.check_note))
     return notes

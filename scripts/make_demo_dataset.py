@@ -807,7 +807,9 @@ Small, real-anatomy data for the quickstart, the tests and CPU-scale probes. Bui
   the split is random by slice, so slice-level scores are optimistic.
 
 `manifest.csv` columns: `{", ".join(COLUMNS)}`. Blank cells do not apply to the row's kind.
-`split` is train / val (20 % val, random).
+`split` is train / val (20 % val, random by image, so images of one source scan sit on both
+sides). Probes use it by default and say so in the eval table; `split: patient` in a probe
+holds whole source scans (the `source` column, the adapter's group key) out instead.
 
 ## Use
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -25,6 +26,7 @@ from medssl.data.keys import data_key, dataset_secret, printable_path, show_path
 from medssl.data.readers import ReadSettings, open_image, read_image
 from medssl.data.robust import LoadFailure, describe_error
 from medssl.data.transforms import resize_and_crop
+from medssl.types import OfficialSplits
 
 __all__ = [
     "META_KEYS",
@@ -65,6 +67,11 @@ class CommonOptions(BaseModel):
     non_finite: Literal["fail", "fill"] = Field(
         "fail", description="NaN/Inf pixels fail the file, or (volumes) are filled"
     )
+    scale16: Literal["auto", "full", "minmax"] = Field(
+        "auto",
+        description="16-bit images: 'auto' uses the PNG sBIT chunk, else the smallest bit "
+        "depth holding the image's values; 'full' divides by 65535; 'minmax' per image",
+    )
 
 
 @dataclass
@@ -76,6 +83,7 @@ class Record:
     text: str | None = None
     mask_path: str | None = None
     display: str = ""  # path shown in failure reports (relative to the root)
+    group: str | None = None  # patient / study key: splits probes, never reaches a sample
 
 
 def normalise_age(value: Any) -> float | None:
@@ -117,6 +125,12 @@ class FileDataset(Dataset):
     task: str | None = None
     label_names: list[str] | None = None
     mask_names: list[str] | None = None
+    #: the label column of a multi-class target (reported by probes under this name)
+    target_name: str | None = None
+    #: what :meth:`groups` returns keys of (``"patient"``, ``"study"``...), or ``None``
+    group_kind: str | None = None
+    #: what was checked on a sample only (``medssl validate`` prints it), or ``None``
+    check_note: str | None = None
 
     def __init__(self, **options: Any) -> None:
         self._setup(self.Options(**options))
@@ -136,13 +150,26 @@ class FileDataset(Dataset):
             max_pixels=opts.max_pixels,
             max_aspect=opts.max_aspect,
             non_finite=opts.non_finite,
+            scale16=opts.scale16,
         )
-        self.records: list[Record] = []
+        self.records: Sequence[Record] = []
 
     @classmethod
     def capabilities(cls, **options: Any) -> dict[str, bool]:
         """``has_text`` / ``has_mask`` from the options alone, without reading any file."""
         return {"has_text": bool(cls.has_text), "has_mask": bool(cls.has_mask)}
+
+    @classmethod
+    def official_splits(cls, **options: Any) -> OfficialSplits | None:
+        """The dataset's own train / held-out split (see :class:`medssl.types.OfficialSplits`)."""
+        return None
+
+    def groups(self) -> list[str | None] | None:
+        """The group key (patient, study) of every sample, or ``None`` without one."""
+        if self.group_kind is None:
+            return None
+        columns = getattr(self.records, "groups", None)  # ColumnRecords keeps them as a list
+        return list(columns) if columns is not None else [r.group for r in self.records]
 
     @property
     def num_classes(self) -> int | None:
@@ -261,6 +288,7 @@ def expand_frames(records: list[Record], settings: ReadSettings) -> list[Record]
                     record.text,
                     record.mask_path,
                     f"{record.display}[{i}]",
+                    record.group,
                 )
             )
     return out

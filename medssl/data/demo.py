@@ -4,6 +4,10 @@ Radiographs reconstructed from real chest CTs (deformed anatomy, findings, lung 
 masks, cardiothoracic ratio) plus slices of CT and MR volumes with lesion masks, built by
 ``scripts/make_demo_dataset.py``. ``subset`` picks the radiographs (``drr``), the slices
 (``slices``) or both (``all``, for pre-training); ``targets`` picks the labels.
+
+The official ``train`` / ``val`` split is random by image, so images of one source scan
+sit on both sides; the source scan (``source`` column) is the group key, and
+``split: patient`` in a probe holds whole source scans out.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pydantic import Field
 
 from medssl.data.base import CommonOptions
 from medssl.data.manifest import CsvManifest
+from medssl.types import OfficialSplits
 
 __all__ = ["DEMO_MASK_NAMES", "DemoCXR", "default_demo_root"]
 
@@ -47,6 +52,10 @@ class DemoCXR(CsvManifest):
     def capabilities(cls, **options: Any) -> dict[str, bool]:
         return {"has_text": False, "has_mask": bool(options.get("masks", False))}
 
+    @classmethod
+    def official_splits(cls, **options: Any) -> OfficialSplits:
+        return OfficialSplits(train="train", val="val", disjoint=False)
+
     def __init__(self, **options: Any) -> None:
         opts = self.Options(**options)
         root = Path(opts.root) if opts.root is not None else default_demo_root()
@@ -67,13 +76,16 @@ class DemoCXR(CsvManifest):
             mask_names=DEMO_MASK_NAMES if opts.masks else None,
             split_column="split" if opts.split else None,
             split=opts.split,
+            group_column="source",
             image_size=opts.image_size,
             channels=opts.channels,
             frame=opts.frame,
             slice_axis=opts.slice_axis,
             dicom_voi=opts.dicom_voi,
             volume_window=opts.volume_window,
+            scale16=opts.scale16,
         )
         self._setup(manifest_opts)
         self._index(manifest_opts)
+        self.group_kind = "source scan"
         self.options = opts

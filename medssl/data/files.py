@@ -111,8 +111,8 @@ class FolderScan:
 
 def scan_folder(
     root: str | os.PathLike[str],
-    accept: Callable[[str], bool],
-    follow_links: bool = False,
+    accept: Callable[[str], bool] | None = None,
+    follow_links: bool = True,
 ) -> FolderScan:
     """Every regular file under ``root`` that ``accept`` takes, in sorted order.
 
@@ -120,13 +120,29 @@ def scan_folder(
     ``not_regular`` and never opened (a FIFO would block the reader); folders that
     cannot be listed are counted in ``unreadable``. Nothing here names a path: the
     counts are all a report needs.
+
+    Datasets on shared storage are usually linked into place (``images -> /store/nih``),
+    so symbolic links to folders are followed by default. A folder reached twice (a link
+    back to an ancestor, or two links to one folder) is walked once: folders are known by
+    the ``(device, inode)`` of their target, so a link loop ends instead of recursing.
+    ``follow_links=False`` leaves linked folders out (linked files are still listed).
     """
     scan = FolderScan()
+    seen: set[tuple[int, int]] = set()
 
     def on_error(exc: OSError) -> None:
         scan.unreadable += 1
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=follow_links):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a loop, or a second link to a folder walked
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -138,6 +154,6 @@ def scan_folder(
                 regular = True  # kept: reading it fails and is counted with a reason
             if not regular:
                 scan.not_regular += 1
-            elif accept(full):
+            elif accept is None or accept(full):
                 scan.files.append(full)
     return scan

@@ -2,6 +2,8 @@
 
 Like torchvision's ``ImageFolder`` when ``labels_from_folders`` is set (the first
 folder level names the class); otherwise unlabelled, for self-supervised training.
+Symbolic links to folders are followed (``follow_links``, loops cut: see
+:func:`medssl.data.files.scan_folder`).
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ class ImageFolder(FileDataset):
         labels_from_folders: bool = Field(
             False, description="class index from the first folder level under root"
         )
-        follow_links: bool = False
+        follow_links: bool = Field(
+            True, description="descend into symbolic links to folders (loops are cut)"
+        )
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         root = resolve_root(self.options.root, "image_folder")
-        scan = scan_folder(root, is_supported, follow_links=self.options.follow_links)
+        follow = self.options.follow_links
+        scan = scan_folder(root, is_supported, follow_links=follow)
         paths = scan.files
         if scan.not_regular or scan.unreadable:
             log.warning(
@@ -44,7 +49,11 @@ class ImageFolder(FileDataset):
                 scan.unreadable,
             )
         if not paths:
-            raise FileNotFoundError(f"image_folder: no readable image under {str(root)!r}")
+            links = "followed" if follow else "not followed (follow_links: false)"
+            raise FileNotFoundError(
+                f"image_folder: no readable image under {str(root)!r} "
+                f"(symbolic links to folders {links})"
+            )
         classes: list[str] = []
         if self.options.labels_from_folders:
             classes = sorted(
@@ -61,6 +70,7 @@ class ImageFolder(FileDataset):
                 )
             self.label_names = classes
             self.task = "multiclass"
+            self.target_name = "folder"
         index = {c: i for i, c in enumerate(classes)}
         records = []
         for p in paths:

@@ -3,7 +3,10 @@
 Paths are relative to ``root`` and may not leave it. Labels come from one or more
 columns as multi-hot (``multilabel``), a class index (``multiclass``, one column,
 numbers or names) or float targets (``regression``). Metadata columns are mapped onto
-the whitelisted keys only (age, sex, view); every other column is ignored.
+the whitelisted keys only (age, sex, view); every other column is ignored. With a
+``split_column`` the manifest has an official split (``probe_splits`` names its train and
+held-out values); a ``group_column`` (patient or study ID) keeps a group on one side of a
+probe's split and never reaches a sample.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from medssl.data.base import (
 )
 from medssl.data.robust import resolve_under_root
 from medssl.data.tables import find_table, read_table, require_columns
+from medssl.types import OfficialSplits
 
 __all__ = ["CsvManifest", "parse_float"]
 
@@ -56,6 +60,12 @@ class CsvManifest(FileDataset):
         mask_names: list[str] | None = None
         split_column: str | None = None
         split: str | list[str] | None = None
+        probe_splits: tuple[str, str] = Field(
+            ("train", "val"), description="split_column values probes train / test on"
+        )
+        group_column: str | None = Field(
+            None, description="patient or study ID column: probes keep a group on one side"
+        )
         where: dict[str, str | list[str]] = Field(
             default_factory=dict, description="keep rows whose column has (one of) these values"
         )
@@ -66,6 +76,13 @@ class CsvManifest(FileDataset):
             "has_text": options.get("text_column") is not None,
             "has_mask": options.get("mask_column") is not None,
         }
+
+    @classmethod
+    def official_splits(cls, **options: Any) -> OfficialSplits | None:
+        if options.get("split_column") is None:
+            return None
+        train, val = options.get("probe_splits") or ("train", "val")
+        return OfficialSplits(train=train, val=val)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -85,6 +102,7 @@ class CsvManifest(FileDataset):
                 opts.text_column,
                 opts.mask_column,
                 opts.split_column if opts.split is not None else None,
+                opts.group_column,
                 *opts.where,
             ],
             where,
@@ -105,6 +123,9 @@ class CsvManifest(FileDataset):
         self.has_mask = opts.mask_column is not None  # type: ignore[misc]
         self.mask_names = opts.mask_names
         self.task = opts.label_kind if opts.label_columns else None
+        self.group_kind = opts.group_column
+        if self.task == "multiclass":
+            self.target_name = opts.label_columns[0]
         classes: dict[str, int] = {}
         if self.task == "multiclass":
             values = sorted({r[opts.label_columns[0]].strip() for r in rows})
@@ -137,7 +158,8 @@ class CsvManifest(FileDataset):
             if opts.mask_column is not None and row[opts.mask_column].strip():
                 mask_path = resolve_under_root(self.root, row[opts.mask_column], row_where)
             text = row[opts.text_column] if opts.text_column is not None else None
-            records.append(Record(path, None, label, meta, text, mask_path, rel))
+            group = row[opts.group_column].strip() or None if opts.group_column else None
+            records.append(Record(path, None, label, meta, text, mask_path, rel, group))
         if self.has_mask and any(r.mask_path is None for r in records):
             missing = sum(r.mask_path is None for r in records)
             raise ValueError(

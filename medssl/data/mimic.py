@@ -7,11 +7,14 @@ Tables (``.csv`` or ``.csv.gz`` under ``root``): ``mimic-cxr-2.0.0-split.csv``
 1/0/-1/blank convention). Images: ``files/p10/p10000032/s50414267/<dicom_id>.jpg``.
 Reports (MIMIC-CXR ``files/p10/p10000032/s50414267.txt``) are read when ``reports_root``
 is given. Subject and study IDs only locate files; they never reach a sample. MIMIC-CXR-JPG
-carries no age or sex (those live in MIMIC-IV), so ``meta`` has the view only.
+carries no age or sex (those live in MIMIC-IV), so ``meta`` has the view only. The
+official split is ``train`` / ``validate`` (``test`` is left for final reporting), disjoint
+by subject; the subject groups samples for probe splits and never reaches a sample.
 """
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import re
@@ -21,9 +24,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from medssl.data.base import CommonOptions, FileDataset, Record, normalise_view, resolve_root
+from medssl.data.base import CommonOptions, FileDataset, normalise_view, resolve_root
 from medssl.data.chexpert import CHEXPERT_OBSERVATIONS, UncertainPolicy, chexpert_value
-from medssl.data.tables import find_table, read_table, require_columns
+from medssl.data.large import ColumnRecords, check_files
+from medssl.data.tables import find_table, iter_rows, require_columns
+from medssl.types import OfficialSplits
 
 __all__ = ["MimicCxrJpg", "report_text"]
 
@@ -50,6 +55,7 @@ class MimicCxrJpg(FileDataset):
     """MIMIC-CXR-JPG: 14 CheXpert labels, the view, and the report when present."""
 
     task = "multilabel"
+    group_kind = "patient"
 
     class Options(CommonOptions):
         root: str
@@ -66,6 +72,10 @@ class MimicCxrJpg(FileDataset):
     def capabilities(cls, **options: Any) -> dict[str, bool]:
         return {"has_text": options.get("reports_root") is not None, "has_mask": False}
 
+    @classmethod
+    def official_splits(cls, **options: Any) -> OfficialSplits:
+        return OfficialSplits(train="train", val="validate")
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         opts = self.options
@@ -75,61 +85,84 @@ class MimicCxrJpg(FileDataset):
         split_t = find_table(root, "mimic-cxr-2.0.0-split.csv")
         meta_t = find_table(root, "mimic-cxr-2.0.0-metadata.csv")
         label_t = find_table(root, "mimic-cxr-2.0.0-chexpert.csv")
-        h, split_rows = read_table(split_t)
-        require_columns(
-            h, ["dicom_id", "study_id", "subject_id", "split"], f"mimic table {split_t}"
+        # Streamed, keeping only what the chosen split needs (the tables have 377,110 rows).
+        h, rows = iter_rows(split_t)
+        where = f"mimic table {split_t}"
+        require_columns(h, ["dicom_id", "study_id", "subject_id", "split"], where)
+        i_d, i_st, i_su, i_sp = (
+            h.index(c) for c in ("dicom_id", "study_id", "subject_id", "split")
         )
-        h, meta_rows = read_table(meta_t)
+        wanted: list[tuple[str, str, str]] = []
+        for row in rows:
+            if opts.split is not None and row[i_sp].strip() != opts.split:
+                continue
+            dicom_id, subject, study = row[i_d].strip(), row[i_su].strip(), row[i_st].strip()
+            if not (dicom_id.replace("-", "").isalnum() and subject.isdigit() and study.isdigit()):
+                raise ValueError(f"{where}: malformed identifiers in a row")
+            wanted.append((dicom_id, subject, study))
+        h, rows = iter_rows(meta_t)
         require_columns(h, ["dicom_id", "ViewPosition"], f"mimic table {meta_t}")
-        h, label_rows = read_table(label_t)
-        require_columns(
-            h, ["subject_id", "study_id", *CHEXPERT_OBSERVATIONS], f"mimic table {label_t}"
-        )
-        views = {r["dicom_id"]: r["ViewPosition"] for r in meta_rows}
-        labels: dict[tuple[str, str], np.ndarray] = {}
-        for line, row in enumerate(label_rows, start=2):
+        i_d, i_v = h.index("dicom_id"), h.index("ViewPosition")
+        need = {d for d, _, _ in wanted}
+        views = {row[i_d].strip(): row[i_v] for row in rows if row[i_d].strip() in need}
+        h, rows = iter_rows(label_t)
+        where = f"mimic table {label_t}"
+        require_columns(h, ["subject_id", "study_id", *CHEXPERT_OBSERVATIONS], where)
+        i_su, i_st = h.index("subject_id"), h.index("study_id")
+        i_labels = [h.index(c) for c in CHEXPERT_OBSERVATIONS]
+        studies = {(su, st) for _, su, st in wanted}
+        labels: dict[tuple[str, str], list[float]] = {}
+        for line, row in enumerate(rows, start=2):
+            key = (row[i_su].strip(), row[i_st].strip())
+            if key not in studies:
+                continue
             try:
-                labels[(row["subject_id"].strip(), row["study_id"].strip())] = np.array(
-                    [chexpert_value(row[c], opts.uncertain) for c in CHEXPERT_OBSERVATIONS],
-                    dtype=np.float32,
-                )
+                labels[key] = [chexpert_value(row[i], opts.uncertain) for i in i_labels]
             except ValueError as exc:
-                raise ValueError(f"mimic table {label_t} line {line}: {exc}") from None
-        reports_root = None
+                raise ValueError(f"{where} line {line}: {exc}") from None
+        blank = [chexpert_value("", opts.uncertain)] * len(CHEXPERT_OBSERVATIONS)
+        rel_col: list[str] = []
+        label_buf = array.array("f")
+        view_col: list[str | None] = []
+        subjects: list[str | None] = []
+        for dicom_id, subject, study in wanted:
+            view = normalise_view(views.get(dicom_id))
+            if opts.views is not None and view not in opts.views:
+                continue
+            rel_col.append(f"files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg")
+            label_buf.extend(labels.get((subject, study), blank))
+            view_col.append(view)
+            subjects.append(subject)
+        root_s = os.path.normpath(os.path.abspath(root))
+        records = ColumnRecords(
+            root_s,
+            rel_col,
+            np.frombuffer(label_buf, dtype=np.float32).reshape(-1, len(CHEXPERT_OBSERVATIONS)),
+            {"view": view_col},
+            subjects,
+        )
+        if opts.skip_missing:
+            keep, self.check_note = check_files(root_s, rel_col, "mimic_cxr_jpg")
+            if not keep.all():
+                log.warning("mimic_cxr_jpg: %d image(s) not found (skipped)", (~keep).sum())
+                records = records.take(keep)
         if opts.reports_root is not None:
             reports_root = Path(opts.reports_root)
             if not reports_root.is_absolute():
                 reports_root = root / reports_root
-        blank = np.array(
-            [chexpert_value("", opts.uncertain)] * len(CHEXPERT_OBSERVATIONS), dtype=np.float32
-        )
-        records, missing, no_report = [], 0, 0
-        for row in split_rows:
-            if opts.split is not None and row["split"].strip() != opts.split:
-                continue
-            dicom_id = row["dicom_id"].strip()
-            subject, study = row["subject_id"].strip(), row["study_id"].strip()
-            if not (dicom_id.replace("-", "").isalnum() and subject.isdigit() and study.isdigit()):
-                raise ValueError(f"mimic table {split_t}: malformed identifiers in a row")
-            view = normalise_view(views.get(dicom_id))
-            if opts.views is not None and view not in opts.views:
-                continue
-            rel = f"files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg"
-            path = str(root / rel)
-            if opts.skip_missing and not os.path.exists(path):
-                missing += 1
-                continue
-            text = None
-            if reports_root is not None:
-                report = reports_root / f"files/p{subject[:2]}/p{subject}/s{study}.txt"
-                if not report.is_file():
-                    no_report += 1
-                    continue
-                text = report_text(report.read_text(errors="replace"), opts.report_sections_only)
-            label = labels.get((subject, study), blank)
-            records.append(Record(path, None, label, {"view": view}, text, None, rel))
-        if missing:
-            log.warning("mimic_cxr_jpg: %d image(s) not found (skipped)", missing)
-        if no_report:
-            log.warning("mimic_cxr_jpg: %d image(s) without a report file (skipped)", no_report)
+            texts: list[str | None] = []
+            for rel in records.rel:  # files/pXX/pSUBJECT/sSTUDY/<dicom>.jpg -> sSTUDY.txt
+                report = reports_root / f"{rel.rsplit('/', 1)[0]}.txt"
+                texts.append(
+                    report_text(report.read_text(errors="replace"), opts.report_sections_only)
+                    if report.is_file()
+                    else None
+                )
+            has = np.array([t is not None for t in texts], bool)
+            if not has.all():
+                log.warning(
+                    "mimic_cxr_jpg: %d image(s) without a report file (skipped)", (~has).sum()
+                )
+            records.text = texts
+            records = records.take(has)
         self.records = records

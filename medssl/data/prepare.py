@@ -97,8 +97,14 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         img = Image.fromarray(np.ascontiguousarray(np.moveaxis(array, 0, -1)))
     else:
         img = Image.fromarray(np.ascontiguousarray(array.reshape(array.shape[-2:])))
+    info = None
+    if array.dtype == np.uint16:  # all 16 bits significant: readers scale by 65535
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add(b"sBIT", b"\x10")
     with open(tmp, "wb") as fh:
-        img.save(fh, format="PNG", compress_level=6)
+        img.save(fh, format="PNG", compress_level=6, pnginfo=info)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -199,6 +205,7 @@ def prepare(
     progress: Callable[[int, int], None] | None = None,
     key_file: str | Path | None = None,
     max_failure_share: float = 0.05,
+    follow_links: bool = True,
 ) -> PrepareReport:
     """Convert every readable file under ``source`` into ``out`` (see the module doc).
 
@@ -223,7 +230,7 @@ def prepare(
     _remove_stale_temporaries(out)
     secret = dataset_secret(source, key_file)
     # OUT may sit inside SOURCE: its files must not be read back as sources on a rerun.
-    scan = scan_folder(source, is_supported)
+    scan = scan_folder(source, is_supported, follow_links=follow_links)
     sources = [
         os.path.relpath(s, source)
         for s in scan.files

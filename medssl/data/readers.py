@@ -2,10 +2,19 @@
 
 Formats: DICOM (:mod:`medssl.data.dicom`), NIfTI / NRRD slices
 (:mod:`medssl.data.volumes`), and PNG / JPEG / TIFF / BMP through Pillow, 8 or 16 bit.
+
+16-bit images often hold fewer significant bits (12- or 15-bit radiographs stored
+unscaled), which divided by 65535 would use a fraction of the grey levels.
+``scale16="auto"`` divides by ``2**bits - 1`` with ``bits`` from the PNG ``sBIT`` chunk
+when present (values already shifted up to 16 bits, as the PNG specification describes,
+are divided by 65535), otherwise the smallest depth from 8 to 16 bits that holds the
+image's largest value. ``"full"`` always divides by 65535; ``"minmax"`` scales each image
+from its own minimum to its maximum.
 """
 
 from __future__ import annotations
 
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +38,9 @@ __all__ = [
     "UnsupportedFormatError",
     "count_frames",
     "is_supported",
+    "png_significant_bits",
     "read_image",
+    "scale_16bit",
     "to_channels",
 ]
 
@@ -67,6 +78,7 @@ class ReadSettings:
     max_pixels: int | None = 40_000_000
     max_aspect: float | None = 20.0
     non_finite: Literal["fail", "fill"] = "fail"
+    scale16: Literal["auto", "full", "minmax"] = "auto"
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -111,6 +123,42 @@ def count_frames(path: str | Path, settings: ReadSettings) -> int:
     return 1
 
 
+def png_significant_bits(path: str | Path) -> int | None:
+    """The largest channel value of a PNG's ``sBIT`` chunk, or ``None`` (no chunk, not a PNG)."""
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        while True:  # sBIT must come before the first IDAT
+            head = fh.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"sBIT":
+                data = fh.read(length)
+                return max(data) if data else None
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            fh.seek(length + 4, 1)  # the data and its CRC
+
+
+def scale_16bit(values: np.ndarray, significant_bits: int | None, how: str = "auto") -> np.ndarray:
+    """16-bit sample values to float32 in [0, 1] (see the module docstring)."""
+    arr = values.astype(np.float32)
+    hi = float(arr.max()) if arr.size else 0.0
+    if how == "minmax" or hi > 65535:
+        lo = float(arr.min())
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if how == "full":
+        return np.clip(arr / 65535.0, 0.0, 1.0)
+    if significant_bits is not None and 1 <= significant_bits < 16 and hi < 2**significant_bits:
+        bits = significant_bits
+    elif significant_bits is not None:
+        bits = 16  # the values were shifted up to 16 bits, as the PNG specification says
+    else:
+        bits = min(16, max(8, int(hi).bit_length()))
+    return np.clip(arr / float(2**bits - 1), 0.0, 1.0)
+
+
 def open_image(fh: object, settings: ReadSettings):  # noqa: ANN202
     """Open with Pillow (header only) and check the size before any pixel is decoded."""
     from PIL import Image, UnidentifiedImageError
@@ -145,10 +193,10 @@ def _read_pil(path: Path, settings: ReadSettings) -> np.ndarray:
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise DataFileError("truncated or corrupt image data", str(exc)) from None
         mode = img.mode
-        if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            arr = np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
-        elif mode == "I":
-            arr = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            dtype = np.uint16 if mode != "I" else np.int64
+            sbit = png_significant_bits(path) if img.format == "PNG" else None
+            arr = scale_16bit(np.asarray(img, dtype=dtype), sbit, settings.scale16)
         elif mode == "F":
             arr = np.asarray(img, dtype=np.float32)
             _check_finite(arr)

@@ -7,10 +7,10 @@ import difflib
 import gzip
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["find_table", "read_table", "require_columns"]
+__all__ = ["find_column", "find_table", "iter_rows", "read_table", "require_columns"]
 
 
 def find_table(root: Path, name: str) -> Path:
@@ -45,6 +45,33 @@ def read_table(path: Path, delimiter: str = ",") -> tuple[list[str], list[dict[s
     return list(reader.fieldnames or []), rows
 
 
+def iter_rows(path: Path, delimiter: str = ",") -> tuple[list[str], Iterator[list[str]]]:
+    """The header and an iterator over the rows as lists: a large table is never held whole.
+
+    Blank lines are skipped and short rows padded with empty cells, as ``csv.DictReader``
+    does, so a row can be indexed by any header position.
+    """
+    if path.suffix == ".gz":
+        fh = io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    else:
+        fh = open(path, encoding="utf-8-sig", newline="")
+    reader = csv.reader(fh, delimiter=delimiter)
+    header = next(reader, [])
+
+    width = len(header)
+
+    def rows() -> Iterator[list[str]]:
+        with fh:
+            for row in reader:
+                if len(row) < width:
+                    if not row:
+                        continue
+                    row += [""] * (width - len(row))
+                yield row
+
+    return header, rows()
+
+
 def require_columns(header: Iterable[str], columns: Iterable[str | None], where: str) -> None:
     header = list(header)
     missing = [c for c in columns if c is not None and c not in header]
@@ -58,3 +85,25 @@ def require_columns(header: Iterable[str], columns: Iterable[str | None], where:
         raise ValueError(
             f"{where}: column(s) {missing} not found among the table's {len(header)} columns{hint}"
         )
+
+
+def _key(name: str) -> str:
+    return " ".join(name.replace("_", " ").split()).lower()
+
+
+def find_column(header: Iterable[str], names: Iterable[str], where: str) -> str:
+    """The header's spelling of the first of ``names`` it has (case, spaces, ``_`` ignored).
+
+    Releases of one dataset spell a column differently (NIH's ``Patient Gender`` became
+    ``Patient Sex`` in its 2020 table); listing the variants accepts either.
+    """
+    header, names = list(header), list(names)
+    by_key = {_key(h): h for h in header}
+    for name in names:
+        if _key(name) in by_key:
+            return by_key[_key(name)]
+    # The header is not printed: a path to a file that is no table would show its first line.
+    raise ValueError(
+        f"{where}: column {' / '.join(repr(n) for n in names)} not found among the table's "
+        f"{len(header)} columns"
+    )

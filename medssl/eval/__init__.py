@@ -56,10 +56,13 @@ def evaluate(
     for spec in specs:
         evaluator = build_component(registry, spec)
         log.info("evaluating %s (%s)", spec.name, spec.key)
+        ctx.last_split = None
         try:
             result = evaluator(ctx)
         except ValueError as exc:
             raise RecipeError(str(exc), None, spec.key) from exc
+        if result.split is None:
+            result.split = ctx.last_split
         results.append(result)
     return results
 

@@ -39,11 +39,14 @@ class EvalOptions(BaseModel):
     data: dict[str, Any] | None = Field(
         None, description="a dataset block to evaluate on; default: the recipe's data block"
     )
-    split: Literal["auto", "dataset", "random"] = Field(
+    split: Literal["auto", "official", "patient", "random", "dataset"] = Field(
         "auto",
-        description="'auto': the dataset's own train/val split when it has one (its 'split' option)",
+        description="'auto': official where the dataset has one, else by patient where it "
+        "has a group key, else random ('dataset': former name of 'official')",
     )
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="held out by a random split")
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="held out by a patient or random split"
+    )
     seed: int = 0
     image_size: int | None = Field(
         None, gt=0, description="input size; default: the encoder's training crop size"
@@ -125,6 +128,8 @@ class EvalResult:
     n_val: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: how the data was split (``SplitInfo.to_dict()``: kind, group counts, warning)
+    split: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +156,8 @@ class EvalContext:
     random_encoder: Encoder | None = None
     """The recipe's backbone at its seeded initialisation (the random-weights floor)."""
     random_cache: dict[str, Any] = field(default_factory=dict)
+    #: the split of the last :meth:`splits` call, attached to the evaluator's result
+    last_split: dict[str, Any] | None = None
 
     def floor(
         self, name: str, opts: EvalOptions, compute: Callable[[], Any], *, random: bool = False
@@ -185,7 +192,7 @@ class EvalContext:
         if block is None:
             raise ValueError(f"evaluator {name!r}: no data block (set its 'data:' option)")
         encoder = self.random_encoder if random and self.random_encoder else self.encoder
-        return load_splits(
+        splits = load_splits(
             encoder,
             self.registry,
             block,
@@ -200,6 +207,8 @@ class EvalContext:
             max_images=opts.max_images,
             cache=self.random_cache if random else self.cache,
         )
+        self.last_split = splits.split.to_dict() if splits.split is not None else None
+        return splits
 
 
 class Evaluator:

@@ -1,8 +1,8 @@
 """Frozen features of a dataset, split into train / validation.
 
-The dataset comes from a data block (the evaluator's own ``data:`` or the recipe's). Its
-own split is used when the adapter has a ``split`` option (``demo_cxr``, ``csv_manifest``
-with a split column); otherwise a seeded random split. Alongside the encoder's CLS and
+The dataset comes from a data block (the evaluator's own ``data:`` or the recipe's); how
+it is split (official, by patient, random) is chosen and checked by
+:mod:`medssl.eval.splits`. Alongside the encoder's CLS and
 patch tokens each :class:`FeatureSet` keeps the raw downsampled pixels (the floors'
 input), the labels, masks and whitelisted metadata.
 """
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from medssl.eval.encoder import Encoder, to_unit_float
+from medssl.eval.splits import SplitInfo, choose_split
 from medssl.plugins import Registry
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class Splits:
     task: str | None
     label_names: list[str]
     mask_names: list[str] | None
+    split: SplitInfo | None = None  # kind, group counts, any warning (medssl.eval.splits)
+    target_name: str | None = None  # the column of a multi-class label
 
 
 def build_dataset(registry: Registry, block: dict[str, Any], where: str) -> Dataset:
@@ -173,11 +176,6 @@ def extract(
     )
 
 
-def _has_split_option(registry: Registry, block: dict[str, Any]) -> bool:
-    model = registry.get("dataset", str(block.get("name"))).options_model
-    return model is not None and "split" in getattr(model, "model_fields", {})
-
-
 def _subsample(fs: FeatureSet, max_images: int | None, seed: int) -> FeatureSet:
     if max_images is None or len(fs) <= max_images:
         return fs
@@ -215,38 +213,19 @@ def load_splits(
         image_size=image_size, batch_size=batch_size, patches=patches, pixel_size=pixel_size
     )
     name = block.get("name")
-    # The recipe's data block usually names its training split (split: train); the
-    # probe then trains on that split and validates on the adapter's 'val' split.
-    own_split = split in ("auto", "dataset") and block.get("split") in (None, "train", "val")
-    datasets: tuple[Dataset, Dataset] | None = None
-    if own_split and _has_split_option(registry, block):
-        try:
-            datasets = (
-                build_dataset(registry, {**block, "split": "train"}, where),
-                build_dataset(registry, {**block, "split": "val"}, where),
-            )
-            described = f"{name} (its own train/val split)"
-        except ValueError as exc:
-            if split == "dataset":
-                raise
-            log.info("%s: no usable dataset split (%s); using a random split", where, exc)
-    elif split == "dataset":
-        raise ValueError(f"{where}: dataset {name!r} has no 'split' option; use split=random")
-    if datasets is not None:
-        train = _subsample(extract(encoder, datasets[0], **kwargs), max_images, seed)
-        val = _subsample(extract(encoder, datasets[1], **kwargs), max_images, seed + 1)
-        reference = datasets[0]
-    else:
-        dataset = build_dataset(registry, block, where)
-        full = extract(encoder, dataset, **kwargs)
-        full = _subsample(full, max_images, seed)
-        order = np.random.default_rng(seed).permutation(len(full))
-        n_val = max(1, int(round(val_fraction * len(full))))
-        if len(full) - n_val < 2:
-            raise ValueError(f"{where}: {len(full)} images are too few to split for a probe")
-        train, val = full.take(np.sort(order[n_val:])), full.take(np.sort(order[:n_val]))
-        described = f"{name} (random {1 - val_fraction:.0%}/{val_fraction:.0%} split, seed {seed})"
-        reference = dataset
+    factory = registry.get("dataset", str(name)).factory if name is not None else None
+    train_ds, val_ds, reference, info = choose_split(
+        factory,
+        block,
+        lambda b: build_dataset(registry, b, where),
+        split=split,
+        val_fraction=val_fraction,
+        seed=seed,
+        where=where,
+    )
+    train = _subsample(extract(encoder, train_ds, **kwargs), max_images, seed)
+    val = _subsample(extract(encoder, val_ds, **kwargs), max_images, seed + 1)
+    described = f"{name} ({info.kind} split)"
     result = Splits(
         train=train,
         val=val,
@@ -254,6 +233,8 @@ def load_splits(
         task=getattr(reference, "task", None),
         label_names=list(getattr(reference, "label_names", None) or []),
         mask_names=getattr(reference, "mask_names", None),
+        split=info,
+        target_name=getattr(reference, "target_name", None),
     )
     cache[key] = result
     return result

@@ -65,6 +65,7 @@ def markdown_table(results: list[EvalResult]) -> str:
         for r in results
     ]
     notes = [f"- {r.evaluator}: {note}" for r in results for note in r.notes]
+    notes += [f"- {r.evaluator} split: {r.split['summary']}" for r in results if r.split]
     legend = (
         "\nFloors: *random weights* is the same probe on the recipe's backbone at its seeded "
         "initialisation; *raw pixels* the same probe fit on the downsampled raw pixels (for "

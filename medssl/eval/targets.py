@@ -61,6 +61,7 @@ class Targets:
     names: list[str]
     y_tr: np.ndarray
     y_va: np.ndarray
+    column: str = "class"  # the row name of a multi-class target: its label column
 
 
 def _infer_kind(labels: np.ndarray) -> str:
@@ -83,7 +84,7 @@ def targets_of(splits: Splits, evaluator: str) -> Targets:
         y_tr, y_va = y_tr.astype(int).reshape(-1), y_va.astype(int).reshape(-1)
         n = int(max(y_tr.max(), y_va.max())) + 1
         names = splits.label_names if len(splits.label_names) == n else [str(i) for i in range(n)]
-        return Targets("multiclass", names, y_tr, y_va)
+        return Targets("multiclass", names, y_tr, y_va, splits.target_name or "class")
     y_tr, y_va = y_tr.astype(np.float64), y_va.astype(np.float64)
     if y_tr.ndim == 1:
         y_tr, y_va = y_tr[:, None], y_va[:, None]
@@ -106,7 +107,7 @@ def predict_targets(
     with a note, when train or val holds one class only.
     """
     if t.kind == "multiclass":
-        return {"class": probe.multiclass(x_tr, t.y_tr, x_va, len(t.names))}
+        return {t.column: probe.multiclass(x_tr, t.y_tr, x_va, len(t.names))}
     preds: Predictions = {}
     for j, name in enumerate(t.names):
         tr, va = ~np.isnan(t.y_tr[:, j]), ~np.isnan(t.y_va[:, j])
@@ -190,7 +191,7 @@ def trivial_predictions(t: Targets) -> Predictions:
     if t.kind == "multiclass":
         probs = np.zeros((n, len(t.names)))
         probs[:, np.bincount(t.y_tr, minlength=len(t.names)).argmax()] = 1.0
-        return {"class": probs}
+        return {t.column: probs}
     preds: Predictions = {}
     for j, name in enumerate(t.names):
         y_tr = t.y_tr[~np.isnan(t.y_tr[:, j]), j]

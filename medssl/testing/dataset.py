@@ -17,7 +17,8 @@ are what the engine, the policies and the evaluators rely on
 :func:`medssl.data.collate`; ``meta`` only whitelisted keys (no PHI); masks long and the
 image's spatial shape; an ``Options`` model that rejects unknown options; clear errors on
 bad options and on an index out of range; determinism; picklable for loader workers;
-``capabilities`` that agree with what the samples carry.
+``capabilities`` that agree with what the samples carry; ``official_splits`` and
+``groups()`` (the split contract, :class:`medssl.types.DatasetAdapter`) well formed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medssl.data import META_KEYS, LoadFailure, collate
+from medssl.types import OfficialSplits
 
 __all__ = ["DatasetContractTests", "check_sample"]
 
@@ -182,3 +184,17 @@ class DatasetContractTests:
             )
         if "mask" in sample and getattr(dataset, "num_mask_classes", None):
             assert int(sample["mask"].max()) < dataset.num_mask_classes  # type: ignore[attr-defined]
+
+    def test_split_contract(self, dataset: Dataset, tmp_path: Any) -> None:
+        """``official_splits`` (if any) names a split; ``groups()`` keys every sample."""
+        declare = getattr(type(self).factory, "official_splits", None)
+        if declare is not None:
+            official = declare(**self.make_options(tmp_path))
+            assert official is None or isinstance(official, OfficialSplits), (
+                "official_splits() must return medssl.types.OfficialSplits or None"
+            )
+        if getattr(dataset, "group_kind", None) is not None:
+            groups = dataset.groups()  # type: ignore[attr-defined]
+            assert groups is not None and len(groups) == len(dataset), (  # type: ignore[arg-type]
+                "groups() must give one key per sample when group_kind is set"
+            )

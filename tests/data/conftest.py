@@ -1,20 +1,11 @@
-"""Shared helpers of the data tests: the real scans and tiny image writers."""
+"""Fixtures of the data tests: the real scans, and a private key store (helpers: data_helpers.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO / "tests" / "fixtures" / "data"
-
-
-def shared_data_dir() -> Path:
-    return Path(os.environ.get("MEDSSL_SHARED_DATA", REPO.parent / "shared" / "data"))
+from data_helpers import shared_data_dir
 
 
 @pytest.fixture(scope="session")
@@ -28,18 +19,6 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def pydicom_data(shared_data: Path) -> Path:
     return shared_data / "pydicom-data-1.0.0"
-
-
-def write_png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
-
-
-def gradient(height: int, width: int, dtype: type = np.uint8) -> np.ndarray:
-    top = np.iinfo(dtype).max
-    ramp = np.linspace(0, top, width, dtype=np.float64)[None].repeat(height, 0)
-    return np.round(ramp).astype(dtype)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import nrrd
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, gradient, write_png
+from data_helpers import FIXTURES, gradient, write_png
 from PIL import Image
 
 from medssl.builtins.datasets import DATASETS

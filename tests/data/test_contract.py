@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import FIXTURES, REPO, gradient, write_png
+from data_helpers import FIXTURES, REPO, gradient, write_png
 from PIL import Image
 
 from medssl.data import (

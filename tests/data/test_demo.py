@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from data_helpers import REPO
 
 from medssl.data import DemoCXR, collate, default_demo_root
 from medssl.data.demo import DEMO_MASK_NAMES, DRR_FINDINGS

@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import write_png
+from data_helpers import write_png
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from pydicom.dataset import Dataset, FileMetaDataset

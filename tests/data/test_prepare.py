@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, write_png
+from data_helpers import REPO, write_png
 from PIL import Image
 
 from medssl.cli_data import prepare as prepare_command

@@ -9,12 +9,12 @@ import nrrd
 import numpy as np
 import pytest
 import torch
-from conftest import gradient, write_png
+from data_helpers import gradient, write_png
 from PIL import Image
 
 from medssl.data import ReadSettings, UnsupportedFormatError, read_image, resize_and_crop
 from medssl.data.files import DataFileError
-from medssl.data.readers import count_frames, is_supported
+from medssl.data.readers import count_frames, is_supported, png_significant_bits
 from medssl.data.volumes import scale_intensity
 
 
@@ -39,6 +39,40 @@ def test_png_8_and_16_bit(tmp_path: Path) -> None:
         )
         == 1024
     )
+
+
+def _png16(path: Path, values: np.ndarray, sbit: int | None) -> Path:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if sbit is not None:
+        info.add(b"sBIT", bytes([sbit]))
+    Image.fromarray(values.astype(np.uint16)).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize("bits", [12, 15])
+@pytest.mark.parametrize("with_sbit", [True, False])
+def test_png16_with_fewer_significant_bits(tmp_path: Path, bits: int, with_sbit: bool) -> None:
+    top = 2**bits - 1
+    values = np.linspace(0, top, 64).round().reshape(8, 8)  # unscaled 12-/15-bit samples
+    path = _png16(tmp_path / "x.png", values, bits if with_sbit else None)
+    assert png_significant_bits(path) == (bits if with_sbit else None)
+    img = read_image(path)[0]
+    np.testing.assert_allclose(img, values / top, atol=1e-6)
+    assert img.max() == 1.0 and len(np.unique(np.round(img * 255))) > 60  # the whole grey range
+    full = read_image(path, ReadSettings(scale16="full"))[0]
+    np.testing.assert_allclose(full, values / 65535.0, atol=1e-6)
+    dim = _png16(tmp_path / "dim.png", values // 4 + 100, bits if with_sbit else None)
+    minmax = read_image(dim, ReadSettings(scale16="minmax"))[0]
+    assert minmax.min() == 0.0 and minmax.max() == 1.0
+
+
+def test_png16_sbit_with_values_shifted_to_16_bits(tmp_path: Path) -> None:
+    # The PNG specification's form: 12 significant bits, samples scaled up to 16 bits.
+    values = (np.arange(64).reshape(8, 8) * 64) << 4
+    img = read_image(_png16(tmp_path / "x.png", values, 12))[0]
+    np.testing.assert_allclose(img, values / 65535.0, atol=1e-6)
 
 
 def test_jpeg_and_rgb(tmp_path: Path) -> None:
@@ -115,3 +149,11 @@ def test_resize_and_crop_geometry() -> None:
     assert torch.allclose(small, torch.full_like(small, 0.5), atol=0.05)
     with pytest.raises(ValueError, match="mask shape"):
         resize_and_crop(image, 20, torch.zeros(10, 10))
+
+
+def test_prepare_png16_output_keeps_its_brightness(tmp_path: Path) -> None:
+    from medssl.data.prepare import _write_png
+
+    dark = (np.linspace(0, 0.4, 64).reshape(8, 8) * 65535).round().astype(np.uint16)
+    _write_png(tmp_path / "d.png", dark)  # marked sBIT 16: not taken for a 15-bit image
+    np.testing.assert_allclose(read_image(tmp_path / "d.png")[0], dark / 65535.0, atol=1e-6)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, write_png
+from data_helpers import REPO, write_png
 from torch.utils.data import DataLoader
 
 from medssl.data import (

@@ -72,7 +72,8 @@ def test_metadata_probe_on_manifest_with_age_and_sex(
         [{"name": "metadata_probe", "data": data, "targets": ["age", "sex", "view"]}],
     )
     result = run_evaluators(fake_run, recipe, medssl_registry)["results"][0]
-    assert result["dataset"].endswith("(its own train/val split)")
+    assert result["dataset"] == "csv_manifest (official split)"
+    assert result["split"]["names"] == ["train", "val"] and result["split"]["group"] is None
     assert (result["n_train"], result["n_val"]) == (32, 8)
     got = {(r["target"], r["metric"]): r for r in result["rows"]}
     assert set(got) == {("age", "abs_err"), ("age", "r2"), ("sex", "auroc"), ("sex", "accuracy")}

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 
 from medssl.data import LoadFailure, VolumeReadError, describe_error
 from medssl.data.keys import data_key, dataset_secret, printable_path, show_paths
+from medssl.types import OfficialSplits
 
 __all__ = ["CTVolume", "HU_RANGE", "VolumeEntry", "decode_hu", "encode_hu"]
 
@@ -167,6 +168,7 @@ class CTVolume(Dataset):
 
     task = None
     has_text = False
+    group_kind = "volume"  # probes split by volume (one patient's scan) with split: patient
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -303,6 +305,15 @@ class CTVolume(Dataset):
     @classmethod
     def capabilities(cls, **options: Any) -> dict[str, bool]:
         return {"has_text": False, "has_mask": bool(options.get("with_mask", False))}
+
+    @classmethod
+    def official_splits(cls, **options: Any) -> OfficialSplits:
+        # Blocks of slices of every volume on each side: a volume sits on both sides.
+        return OfficialSplits(train="train", val="val", disjoint=False)
+
+    def groups(self) -> list[str | None]:
+        """The volume of every sample, by its position in the list (never its path)."""
+        return [str(v) for v, (_, _, p) in enumerate(self.volumes) for _ in p]
 
     @property
     def num_mask_classes(self) -> int | None:

@@ -1,0 +1,33 @@
+"""Helpers of the data tests: where the fixtures are, and tiny image writers.
+
+A module of its own, not ``conftest.py``: two test folders have a ``conftest.py`` (this
+one and the CT plugin's), and ``from data_helpers import ...`` would take whichever pytest
+imported last.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "data"
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("MEDSSL_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def gradient(height: int, width: int, dtype: type = np.uint8) -> np.ndarray:
+    top = np.iinfo(dtype).max
+    ramp = np.linspace(0, top, width, dtype=np.float64)[None].repeat(height, 0)
+    return np.round(ramp).astype(dtype)
