@@ -8,6 +8,9 @@ Registers, through medssl's entry-point group ``medssl``:
   slices or 3D patches (:mod:`medssl_ct.window`);
 * backbones ``vit3d_patch16``, ``vit3d_tiny_patch16``, ``vit3d_small_patch16`` — a ViT on
   3D patches (:mod:`medssl_ct.vit3d`);
+* backbone ``monai_vit`` — MONAI's 3D ``ViT`` (UNETR's encoder) with medssl's backbone
+  interface, and exporter ``monai_unetr`` — encoder weights UNETR loads
+  (:mod:`medssl_ct.monai_vit`);
 * objective ``mae3d`` — the masked autoencoder on 3D patches (:mod:`medssl_ct.mae3d`).
 
 Imports happen inside the hooks so that loading the plugin costs nothing until used.
@@ -37,10 +40,19 @@ def medssl_register_augmentations(register: Register) -> None:
 
 @hookimpl
 def medssl_register_backbones(register: Register) -> None:
+    from medssl_ct.monai_vit import MonaiViT3D
     from medssl_ct.vit3d import BACKBONES
 
     for name, factory in BACKBONES.items():
         register(name, factory)
+    register("monai_vit", MonaiViT3D)
+
+
+@hookimpl
+def medssl_register_exporters(register: Register) -> None:
+    from medssl_ct.monai_vit import UNETRExporter
+
+    register("monai_unetr", UNETRExporter)
 
 
 @hookimpl

@@ -8,6 +8,14 @@ crop's patch grid), so DINO, iBOT and KoLeo see the same interface as with the 2
 width) order, ``forward_visible(x, keep)`` for MAE.
 
 Input ``[N, C, D, H, W]`` with every spatial side a multiple of ``patch_size``.
+
+Why keep it beside MONAI's ``ViT`` (which the ``monai_vit`` backbone wraps, adding the
+mask token, ``forward_visible`` and resampled position embeddings that MONAI's lacks):
+LayerScale (DINOv2's; it keeps deep blocks near the identity early in training),
+stochastic depth (``drop_path_rate``; MONAI's blocks have dropout only), a CLS token
+with its own position embedding, named sizes, and no dependency beyond torch and einops. UNETR needs MONAI's layout: :mod:`medssl_ct.monai_vit`
+converts this ViT's weights into it (exporter ``monai_unetr``) when depth is 12 and
+patches are 16 voxels.
 """
 
 from __future__ import annotations
