@@ -47,6 +47,20 @@ __all__ = ["prepare"]
     is_flag=True,
     help="Also write each source path into the manifest (may contain identifiers).",
 )
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Only files whose path under SOURCE matches (repeatable; '*' crosses folders).",
+)
+@click.option(
+    "--exclude", multiple=True, metavar="GLOB", help="Leave out matching files (repeatable)."
+)
+@click.option(
+    "--keep-labels",
+    is_flag=True,
+    help="Also prepare label/mask files (*mask*, *seg*, *_label.*, labelsTr/), skipped by default.",
+)
 def prepare(
     source: str,
     out: str,
@@ -56,15 +70,20 @@ def prepare(
     frame: str,
     no_voi: bool,
     with_source_paths: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    keep_labels: bool,
 ) -> None:
     """Decode every image under SOURCE once and write compact PNGs + manifest.csv to OUT.
 
     Applies the DICOM pixel pipeline (modality LUT, VOI LUT / window, MONOCHROME1
     inversion), resizes so the shorter side is --size, and names outputs by a hash of the
     source path (no identifiers). Safe to interrupt and rerun: finished files are kept.
+    Label and mask files are skipped (--keep-labels); an empty selection exits 1.
     """
     from medssl.data.prepare import prepare as run_prepare
     from medssl.data.readers import ReadSettings
+    from medssl.data.source_filter import SourceFilter
 
     settings = ReadSettings(channels=1, frame=frame, dicom_voi=not no_voi)  # type: ignore[arg-type]
     last = [-1]
@@ -75,6 +94,7 @@ def prepare(
             last[0] = done
             click.echo(f"  {done}/{total}", err=True)
 
+    select = SourceFilter(include, exclude, keep_labels)
     report = run_prepare(
         source,
         out,
@@ -84,11 +104,38 @@ def prepare(
         settings=settings,
         with_source_paths=with_source_paths,
         progress=progress,
+        select=select,
     )
     click.echo(str(report))
+    if select.summary():
+        click.echo(select.summary())
+    if report.total == 0:
+        click.echo(
+            f"warning: no source file to prepare under {source} (DICOM, NIfTI, NRRD, PNG, "
+            "JPEG are read; see the line above for files left out)",
+            err=True,
+        )
+        sys.exit(1)
     for rel, reason in report.failures[:20]:
         click.echo(f"  failed: {rel}: {reason}", err=True)
     if len(report.failures) > 20:
         click.echo(f"  ... {len(report.failures) - 20} more in {out}/failures.csv", err=True)
+    _warn_burned_in_text(source, select.kept)
     if report.total and len(report.failures) == report.total:
         sys.exit(1)
+
+
+def _warn_burned_in_text(source: str, kept: list[str]) -> None:
+    """Text burned into pixels is kept (medssl cannot remove it reliably): say so."""
+    from pathlib import Path
+
+    from medssl.data.source_filter import burned_in_text
+
+    count = sum(burned_in_text(str(Path(source) / rel)) for rel in kept)
+    if count:
+        click.echo(
+            f"warning: {count} DICOM files declare text burned into their pixels or are "
+            "ultrasound (BurnedInAnnotation); the text, often names and dates, is kept in "
+            "the PNGs: mask or crop it, or --exclude those files, before sharing the outputs",
+            err=True,
+        )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,16 +56,27 @@ def _fresh_env() -> dict[str, str]:
     return env
 
 
-def _run_block(lines: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run_block(lines: list[str], cwd: Path, timeout: float = 1200) -> tuple[int, str]:
+    """Exit status and output (stdout and stderr) of the block; on a timeout the whole
+    process group (pip, medssl) is stopped and the test fails with the output's tail."""
     script = "\n".join(["set -euo pipefail", *lines])
-    return subprocess.run(
-        ["bash", "-c", script],
-        cwd=cwd,
-        env=_fresh_env(),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    log = cwd.parent / f"{cwd.name}-{len(list(cwd.parent.glob('*.log')))}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=cwd,
+            env=_fresh_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"timed out after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+    return code, log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +106,10 @@ def test_readme_train_block_trains_on_a_fresh_clone(clone: Path) -> None:
         f"{line} train.steps=2" if line.startswith("medssl ") else line
         for line in readme_block("Train")
     ]
-    result = _run_block(lines, clone)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    code, output = _run_block(lines, clone)
+    assert code == 0, output[-4000:]
     assert LICENSE_WARNING not in output
-    assert "run directory: runs/quickstart" in result.stdout, output[-4000:]
+    assert "run directory: runs/quickstart" in output, output[-4000:]
     run_dir = clone / "runs" / "quickstart"
     for name in ("config.yaml", "run.json", "backbone.safetensors", "eval.json"):
         assert (run_dir / name).is_file(), f"the quickstart run wrote no {name}"
@@ -111,10 +122,9 @@ def test_readme_test_block_installs_what_pytest_collects(clone: Path) -> None:
         f"{line} --collect-only -q -p no:cacheprovider" if line == "python -m pytest" else line
         for line in lines
     ]
-    result = _run_block(lines + ["python -m pip check"], clone)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    code, output = _run_block(lines + ["python -m pip check"], clone)
+    assert code == 0, output[-4000:]
     assert LICENSE_WARNING not in output
     # The example plugin's tests are collected, not skipped: the block installed it.
-    assert "plugins/medssl-ct/tests/test_ct_window.py::" in result.stdout
-    assert "No broken requirements found" in result.stdout
+    assert "plugins/medssl-ct/tests/test_ct_window.py::" in output
+    assert "No broken requirements found" in output

@@ -175,8 +175,13 @@ def prepare(
     settings: ReadSettings | None = None,
     with_source_paths: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    select: Callable[[list[str]], list[str]] | None = None,
 ) -> PrepareReport:
-    """Convert every readable file under ``source`` into ``out`` (see the module doc)."""
+    """Convert every readable file under ``source`` into ``out`` (see the module doc).
+
+    ``select`` picks among the relative source paths (e.g. a
+    :class:`medssl.data.source_filter.SourceFilter`).
+    """
     source, out = Path(source), Path(out)
     if not source.is_dir():
         raise FileNotFoundError(f"prepare: source {str(source)!r} is not a directory")
@@ -190,6 +195,8 @@ def prepare(
     # OUT may sit inside SOURCE: its files must not be read back as sources on a rerun.
     out_abs = out.resolve()
     sources = [s for s in _scan(source) if not (source / s).resolve().is_relative_to(out_abs)]
+    if select is not None:
+        sources = select(sources)
     report = PrepareReport(total=len(sources))
     todo = []
     for rel in sources:

@@ -24,7 +24,7 @@ from medssl.plugins import Registry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FeatureSet", "Splits", "build_dataset", "extract", "load_splits"]
+__all__ = ["FeatureSet", "Splits", "build_dataset", "extract", "load_splits", "split_datasets"]
 
 
 @dataclass
@@ -177,6 +177,30 @@ def _subsample(fs: FeatureSet, max_images: int | None, seed: int) -> FeatureSet:
     return fs.take(index)
 
 
+def split_datasets(
+    registry: Registry, block: dict[str, Any], where: str, split: str = "auto"
+) -> tuple[Dataset, ...]:
+    """``(train, val)`` from the adapter's own split (see :func:`load_splits`), else the
+    one dataset a random split divides."""
+    name = block.get("name")
+    # The recipe's data block usually names its training split (split: train); the
+    # probe then trains on that split and validates on the adapter's 'val' split.
+    own_split = split in ("auto", "dataset") and block.get("split") in (None, "train", "val")
+    if own_split and _has_split_option(registry, block):
+        try:
+            return (
+                build_dataset(registry, {**block, "split": "train"}, where),
+                build_dataset(registry, {**block, "split": "val"}, where),
+            )
+        except ValueError as exc:
+            if split == "dataset":
+                raise
+            log.info("%s: no usable dataset split (%s); using a random split", where, exc)
+    elif split == "dataset":
+        raise ValueError(f"{where}: dataset {name!r} has no 'split' option; use split=random")
+    return (build_dataset(registry, block, where),)
+
+
 def load_splits(
     encoder: Encoder,
     registry: Registry,
@@ -207,29 +231,14 @@ def load_splits(
         image_size=image_size, batch_size=batch_size, patches=patches, pixel_size=pixel_size
     )
     name = block.get("name")
-    # The recipe's data block usually names its training split (split: train); the
-    # probe then trains on that split and validates on the adapter's 'val' split.
-    own_split = split in ("auto", "dataset") and block.get("split") in (None, "train", "val")
-    datasets: tuple[Dataset, Dataset] | None = None
-    if own_split and _has_split_option(registry, block):
-        try:
-            datasets = (
-                build_dataset(registry, {**block, "split": "train"}, where),
-                build_dataset(registry, {**block, "split": "val"}, where),
-            )
-            described = f"{name} (its own train/val split)"
-        except ValueError as exc:
-            if split == "dataset":
-                raise
-            log.info("%s: no usable dataset split (%s); using a random split", where, exc)
-    elif split == "dataset":
-        raise ValueError(f"{where}: dataset {name!r} has no 'split' option; use split=random")
-    if datasets is not None:
+    datasets = split_datasets(registry, block, where, split)
+    if len(datasets) == 2:
         train = _subsample(extract(encoder, datasets[0], **kwargs), max_images, seed)
         val = _subsample(extract(encoder, datasets[1], **kwargs), max_images, seed + 1)
         reference = datasets[0]
+        described = f"{name} (its own train/val split)"
     else:
-        dataset = build_dataset(registry, block, where)
+        dataset = datasets[0]
         full = extract(encoder, dataset, **kwargs)
         full = _subsample(full, max_images, seed)
         order = np.random.default_rng(seed).permutation(len(full))

@@ -43,6 +43,7 @@ class KNN(Evaluator):
     """Weighted k-NN on L2-normalised CLS features; floors beside."""
 
     name = "knn"
+    needs = ("label",)
 
     class Options(EvalOptions):
         k: int = Field(20, ge=1)

@@ -43,6 +43,7 @@ class LinearProbe(Evaluator):
     """Linear probe on frozen CLS (or CLS + mean patch) features; floors beside."""
 
     name = "linear_probe"
+    needs = ("label",)
 
     class Options(EvalOptions):
         features: Literal["cls", "cls+mean_patch"] = "cls"
