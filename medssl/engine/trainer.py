@@ -876,7 +876,7 @@ class _Progress:
         )
 
     def timing(self, step: int, now: float | None = None) -> str:
-        """"elapsed M:SS, ETA M:SS" at the mean pace of this process' steps so far."""
+        """The elapsed time and an ETA at the mean pace of the steps so far."""
         elapsed = (time.perf_counter() if now is None else now) - self._started
         done = step - self.start
         text = f"elapsed {_clock(elapsed)}"
