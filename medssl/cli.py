@@ -11,6 +11,7 @@ import click
 from medssl import __version__
 from medssl.config import RecipeError, load_recipe
 from medssl.plugins import KINDS, PluginError, Registry, load_registry
+from medssl.ranks import RankZeroFilter, process_rank
 
 log = logging.getLogger("medssl")
 
@@ -22,6 +23,7 @@ def _setup_logging(verbose: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler._medssl = True  # type: ignore[attr-defined]
+        handler.addFilter(RankZeroFilter())  # one copy of each line under DDP
         root.addHandler(handler)
     root.setLevel(level)
     # Lightning's banner lines are noise for a CLI user.
@@ -131,12 +133,17 @@ def run(
     from medssl.engine.model import NonFiniteLossError
     from medssl.engine.run_lock import RunDirectoryLocked
     from medssl.engine.trainer import stop_exit_code, train
+    from medssl.plugins import UnknownComponentError
+    from medssl.validation import check_recipe
 
     registry = _registry()
     if output_dir:
         overrides = (*overrides, f"output_dir={output_dir}")
     resolved = _load(recipe, overrides, registry)
     try:
+        # What `medssl validate` checks, so that no recipe error waits for training to end
+        # (the device checks are left to Fabric, which knows the launcher's environment).
+        check_recipe(resolved, registry, resume=resume or resume_or_start, device_check=False)
         result = train(
             resolved,
             registry,
@@ -152,11 +159,20 @@ def run(
         RunDirectoryLocked,
     ) as exc:
         raise click.ClickException(str(exc)) from None
+    if process_rank() != 0:
+        return  # rank 0 evaluates and reports
     if resolved.evaluators and not result.stopped_early:
         from medssl.eval import markdown_table, run_evaluators
         from medssl.eval.report import results_from_payload
 
-        payload = run_evaluators(result.run_dir, resolved, registry)
+        try:
+            payload = run_evaluators(result.run_dir, resolved, registry)
+        except (RecipeError, FileNotFoundError, ValueError, UnknownComponentError) as exc:
+            # The trained run is complete on disk; only its evaluation failed.
+            raise click.ClickException(
+                f"evaluation failed: {exc} (the trained run is kept; evaluate it again with "
+                f"`medssl eval {result.run_dir}`)"
+            ) from None
         click.echo(markdown_table(results_from_payload(payload)))
     from medssl.engine.diagnostics import final_lines
 
@@ -174,16 +190,22 @@ def run(
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
-def validate(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Check a RECIPE without training: names, options, and that objectives fit the data."""
-    from medssl.engine.trainer import check_devices
+@click.option("--resume", is_flag=True, help="The run will continue its output_dir.")
+@click.option(
+    "--no-device-check",
+    is_flag=True,
+    help="Skip the checks against this machine's devices (a GPU recipe on a login node).",
+)
+def validate(recipe: str, overrides: tuple[str, ...], resume: bool, no_device_check: bool) -> None:
+    """Check a RECIPE without training: everything `medssl run` would reject before its
+    first step or in its evaluations (names, options, objectives vs data and views,
+    devices, batch vs dataset size, the eval: list vs the data)."""
     from medssl.validation import check_recipe
 
     registry = _registry()
     resolved = _load(recipe, overrides, registry)
     try:
-        check_devices(resolved.train)
-        notes = check_recipe(resolved, registry)
+        notes = check_recipe(resolved, registry, resume=resume, device_check=not no_device_check)
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from None
     for note in notes:

@@ -75,6 +75,20 @@ __all__ = ["prepare"]
     is_flag=True,
     help="Do not descend into symbolic links to folders (followed by default, loops cut).",
 )
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Only files whose path under SOURCE matches (repeatable; '*' crosses folders).",
+)
+@click.option(
+    "--exclude", multiple=True, metavar="GLOB", help="Leave out matching files (repeatable)."
+)
+@click.option(
+    "--keep-labels",
+    is_flag=True,
+    help="Also prepare label/mask files (*mask*, *seg*, *_label.*, labelsTr/), skipped by default.",
+)
 def prepare(
     source: str,
     out: str,
@@ -88,6 +102,9 @@ def prepare(
     max_failure_share: float,
     max_pixels: int,
     no_follow_links: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    keep_labels: bool,
 ) -> None:
     """Decode every image under SOURCE once and write compact PNGs + manifest.csv to OUT.
 
@@ -95,12 +112,14 @@ def prepare(
     inversion), resizes so the shorter side is --size, and names outputs by a keyed hash
     of the source path (no identifiers). Failures are listed by that key and a reason
     class; --show-paths names the files. Safe to interrupt and rerun: finished files
-    are kept.
+    are kept. Label and mask files are skipped (--keep-labels); an empty selection
+    exits 1.
     """
     from medssl.data.keys import KeyFileError
     from medssl.data.prepare import TooManyPrepareFailures
     from medssl.data.prepare import prepare as run_prepare
     from medssl.data.readers import ReadSettings
+    from medssl.data.source_filter import SourceFilter
 
     settings = ReadSettings(
         channels=1,
@@ -116,6 +135,7 @@ def prepare(
             last[0] = done
             click.echo(f"  {done}/{total}", err=True)
 
+    select = SourceFilter(include, exclude, keep_labels)
     too_many = None
     try:
         report = run_prepare(
@@ -130,18 +150,45 @@ def prepare(
             key_file=key_file,
             max_failure_share=max_failure_share,
             follow_links=not no_follow_links,
+            select=select,
         )
     except TooManyPrepareFailures as exc:
         too_many, report = exc, exc.report
     except (KeyFileError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(str(report))
+    if select.summary():
+        click.echo(select.summary())
+    if report.total == 0:
+        click.echo(
+            f"warning: no source file to prepare under {source} (DICOM, NIfTI, NRRD, PNG, "
+            "JPEG are read; see the line above for files left out)",
+            err=True,
+        )
+        sys.exit(1)
     for name, reason in report.failures[:20]:
         click.echo(f"  failed: {name}: {reason}", err=True)
     if len(report.failures) > 20:
         click.echo(f"  ... {len(report.failures) - 20} more in {out}/failures.csv", err=True)
+    _warn_burned_in_text(source, select.kept)
     if too_many is not None:
         click.echo(f"Error: {too_many}", err=True)
         sys.exit(1)
     if report.total and len(report.failures) == report.total:
         sys.exit(1)
+
+
+def _warn_burned_in_text(source: str, kept: list[str]) -> None:
+    """Text burned into pixels is kept (medssl cannot remove it reliably): say so."""
+    from pathlib import Path
+
+    from medssl.data.source_filter import burned_in_text
+
+    count = sum(burned_in_text(str(Path(source) / rel)) for rel in kept)
+    if count:
+        click.echo(
+            f"warning: {count} DICOM files declare text burned into their pixels or are "
+            "ultrasound (BurnedInAnnotation); the text, often names and dates, is kept in "
+            "the PNGs: mask or crop it, or --exclude those files, before sharing the outputs",
+            err=True,
+        )

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from medssl.config import RecipeError, ResolvedRecipe, load_recipe
+from medssl.config import ComponentSpec, RecipeError, ResolvedRecipe, load_recipe
 from medssl.plugins import Registry, UnknownComponentError
 
 __all__ = ["ablate", "eval_command", "export", "visualize"]
@@ -66,6 +66,56 @@ def _data_block(items: tuple[str, ...]) -> dict[str, Any]:
     return block
 
 
+def _folder_blocks(
+    overrides: tuple[str, ...],
+    registry: Registry,
+    folder: str,
+    data_block: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[ComponentSpec]]:
+    """The data block and evaluators for a folder without a recipe (an exported HF
+    folder), from ``data.*`` and ``eval.*`` overrides; the encoder's preprocessing comes
+    from the folder's preprocessor_config.json. Without an eval list: ``linear_probe``."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from medssl.config import validate_block
+
+    source = "command line"
+    try:
+        given = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"bad override: {exc}", source) from None
+    assert isinstance(given, dict)
+    other = sorted(set(given) - {"data", "eval"})
+    if other:
+        raise RecipeError(
+            f"{folder} has no recipe: only data.* and eval.* apply, not {', '.join(other)}",
+            source,
+        )
+    if "data" not in given and data_block is not None:
+        given["data"] = data_block  # --data
+    if "data" not in given:
+        raise RecipeError(
+            f"{folder} has no config.yaml: give the data to evaluate on (e.g. "
+            "data.name=image_folder data.root=DIR, or data.name=demo_cxr) or pass --recipe "
+            "(its eval: list and data block are used)",
+            source,
+        )
+    data = validate_block(registry, "dataset", given["data"], "data", source)
+    evaluators = given.get("eval") or []
+    if isinstance(evaluators, dict) and all(str(k).isdigit() for k in evaluators):
+        evaluators = [evaluators[k] for k in sorted(evaluators, key=int)]  # eval.0.name=...
+    if not isinstance(evaluators, list):
+        raise RecipeError("expected a list of evaluator blocks", source, "eval")
+    specs = [
+        validate_block(registry, "evaluator", block, f"eval.{i}", source)
+        for i, block in enumerate(evaluators)
+    ]
+    return {"name": data.name, **data.options}, specs or [
+        validate_block(registry, "evaluator", {"name": "linear_probe"}, "eval.0", source)
+    ]
+
+
 @click.command("eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("overrides", nargs=-1)
@@ -100,7 +150,10 @@ def eval_command(
 
     Evaluators come from the run's config.yaml (or --recipe), overridable as KEY=VALUE,
     e.g. eval.0.features=cls; every score is printed with its floors. --data points
-    every evaluator at your own labelled images (folder or CSV manifest).
+    every evaluator at your own labelled images (folder or CSV manifest). A folder
+    without a recipe (an export) takes its preprocessing from preprocessor_config.json
+    and its data from --data or data.* (e.g. data.name=image_folder data.root=DIR);
+    evaluators from --evaluator or eval.N.*, else linear_probe.
     """
     from medssl.config import validate_block
     from medssl.eval import markdown_table, run_evaluators
@@ -110,12 +163,12 @@ def eval_command(
     path = Path(run_dir)
     data = _data_block(data_items) if data_items else None
     resolved = _run_recipe(path, recipe, overrides, registry)
-    if resolved is None and not names:
-        raise click.ClickException(
-            f"{run_dir} has no config.yaml: pass --recipe (its eval: list and data block are "
-            "used) or --evaluator NAME with a recipe giving the data"
-        )
-    specs = None
+    default_data, specs = None, None
+    if resolved is None:
+        try:
+            default_data, specs = _folder_blocks(overrides, registry, run_dir, data)
+        except RecipeError as exc:
+            raise click.ClickException(str(exc)) from None
     if names:
         try:
             specs = [
@@ -132,7 +185,9 @@ def eval_command(
             for s in (specs if specs is not None else resolved.evaluators if resolved else [])
         ]
     try:
-        payload = run_evaluators(path, resolved, registry, specs=specs, out_dir=out)
+        payload = run_evaluators(
+            path, resolved, registry, specs=specs, out_dir=out, default_data=default_data
+        )
     except (RecipeError, FileNotFoundError, ValueError, UnknownComponentError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(markdown_table(results_from_payload(payload)))

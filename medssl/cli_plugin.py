@@ -3,7 +3,7 @@
 The package it writes (from ``medssl/templates/plugin/``) is a working plugin: a
 ``pyproject.toml`` declaring the ``medssl`` entry point, one dataset adapter registered
 through ``medssl_register_datasets``, and a test that runs medssl's dataset contract on
-it. ``pip install -e NAME && pytest NAME`` passes without edits.
+it. ``pip install -e "NAME[test]" && python -m pytest NAME`` passes without edits.
 """
 
 from __future__ import annotations
@@ -98,6 +98,6 @@ def new(name: str, output: Path) -> None:
     target = render_plugin(name, output)
     names = _names(name)
     click.echo(f"created {target}")
-    click.echo(f"  pip install -e {target}")
+    click.echo(f'  pip install -e "{target}[test]"   # [test]: pytest, for the last line')
     click.echo(f"  medssl plugins            # lists {names['short']}_images from {names['dist']}")
     click.echo(f"  python -m pytest {target}")

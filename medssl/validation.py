@@ -4,16 +4,30 @@ Beyond what :func:`medssl.config.load_recipe` already checks (names resolve, opt
 valid), this builds the dataset, policy, backbone and objectives and dry-runs the policy
 on two images, so incompatibilities surface before a long job is queued: text-needing
 objectives on a dataset without text, channel mismatches, crop sizes that are not
-multiples of the patch size, views an objective needs that the policy does not make.
+multiples of the patch size, views an objective needs that the policy does not make;
+then what the trainer checks before its first step (FSDP without CUDA, devices, a dataset
+smaller than one global batch, objectives that cannot be set up, an output_dir holding
+another run) and what the evaluations need (:mod:`medssl.eval.check`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from medssl.config import RecipeError, ResolvedRecipe, build_component
+from medssl.config import RecipeError, ResolvedRecipe, TrainOptions, build_component
 from medssl.data.large import sampled_file_checks
 from medssl.data.robust import LoadFailure
+from medssl.engine.trainer import (
+    batch_plan,
+    check_devices,
+    check_output_dir,
+    check_strategy,
+    setup_objectives,
+    world_size,
+)
+from medssl.eval.check import check_evaluators
 from medssl.plugins import Registry
 from medssl.types import ViewRequest, Views
 
@@ -53,10 +67,42 @@ def _first_readable(dataset: object, tries: int = 8) -> tuple[dict | None, list[
     return None, failed
 
 
-def check_recipe(recipe: ResolvedRecipe, registry: Registry) -> list[str]:
-    """Raise :class:`RecipeError` on the first problem; return informational notes."""
+def _world(train: TrainOptions, device_check: bool, source: str) -> int | None:
+    """The processes a run starts: checked against this machine's devices, or (without
+    the device check) counted from an integer ``train.devices`` alone."""
+    if device_check:
+        check_strategy(train, source)
+        check_devices(train)
+        world = world_size(train)
+        if world is None:
+            cuda = train.accelerator != "cpu" and torch.cuda.is_available()
+            have = f"{torch.cuda.device_count()} CUDA devices" if cuda else "a CPU"
+            raise RecipeError(
+                f"train.devices={train.devices!r} does not fit this machine ({have}); see "
+                "docs/distributed.md",
+                source,
+                "train.devices",
+            )
+        return world
+    if isinstance(train.devices, int) and train.devices > 0:
+        return train.devices * train.num_nodes
+    return None
+
+
+def check_recipe(
+    recipe: ResolvedRecipe, registry: Registry, *, resume: bool = False, device_check: bool = True
+) -> list[str]:
+    """Raise :class:`RecipeError` on the first problem ``medssl run`` would meet before
+    its first step or in its evaluations; return informational notes.
+
+    ``resume``: the run would continue its output_dir. ``device_check``: check
+    ``train.strategy``/``train.devices`` against this machine (off to validate a GPU
+    recipe on a machine without one).
+    """
     notes: list[str] = []
     source = recipe.source
+    world = _world(recipe.train, device_check, source)
+    check_output_dir(Path(recipe.recipe.output_dir), resume, source)
     with sampled_file_checks():  # a large table's files are checked on a sample, said below
         dataset = build_component(registry, recipe.data)
     policy = build_component(registry, recipe.augmentation)
@@ -90,11 +136,20 @@ def check_recipe(recipe: ResolvedRecipe, registry: Registry) -> list[str]:
 
     if len(dataset) == 0:
         raise RecipeError("the dataset is empty", source, "data")
-    if len(dataset) < recipe.train.batch_size:
-        notes.append(
-            f"the dataset has {len(dataset)} images, fewer than train.batch_size="
-            f"{recipe.train.batch_size}"
-        )
+    steps_per_epoch, total_steps, _ = batch_plan(len(dataset), recipe.train, world or 1, source)
+    if world is None:
+        notes.append("train.devices is counted at launch: the batch check assumed 1 process")
+    setup_objectives(
+        recipe,
+        registry,
+        backbone,
+        {
+            "total_steps": total_steps,
+            "steps_per_epoch": steps_per_epoch,
+            "world_size": world or 1,
+            "image_size": int(getattr(policy, "global_crop_size", backbone.img_size)),
+        },
+    )
     sample, failed = _first_readable(dataset)
     if sample is None:
         raise RecipeError(
@@ -144,4 +199,6 @@ def check_recipe(recipe: ResolvedRecipe, registry: Registry) -> list[str]:
     )
     if getattr(dataset, "check_note", None):
         notes.append(str(dataset.check_note))
+    crop = getattr(policy, "global_crop_size", None) or backbone.img_size
+    notes += check_evaluators(recipe, registry, int(crop), patch_size)
     return notes

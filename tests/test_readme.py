@@ -2,7 +2,9 @@
 
 The blocks are read from README.md, not copied here, and run line by line in ``bash``
 with two changes that keep CI short: ``python -m pytest`` only collects
-(``--collect-only``), and every ``medssl`` command trains two steps (``train.steps=2``).
+(``--collect-only``), and every ``medssl`` command trains two steps and evaluates with the
+k-NN probe alone (``train.steps=2 'eval=[{name: knn}]'``: the quickstart's three probes
+take minutes of CPU; ``tests/eval`` covers each of them).
 The train block runs first: it makes the fresh venv; the test block then adds the
 development extra and the example plugin in that venv, as it would on its own (each block
 starts with the same ``python3 -m venv .venv``). Everything pip installs comes from the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 LICENSE_WARNING = "project.license as a TOML table is deprecated"
+TINY_RUN = "train.steps=2 'eval=[{name: knn}]'"
 
 
 def readme_block(title: str, text: str | None = None) -> list[str]:
@@ -55,16 +59,27 @@ def _fresh_env() -> dict[str, str]:
     return env
 
 
-def _run_block(lines: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run_block(lines: list[str], cwd: Path, timeout: float = 1200) -> tuple[int, str]:
+    """Exit status and output (stdout and stderr) of the block; on a timeout the whole
+    process group (pip, medssl) is stopped and the test fails with the output's tail."""
     script = "\n".join(["set -euo pipefail", *lines])
-    return subprocess.run(
-        ["bash", "-c", script],
-        cwd=cwd,
-        env=_fresh_env(),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    log = cwd.parent / f"{cwd.name}-{len(list(cwd.parent.glob('*.log')))}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=cwd,
+            env=_fresh_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"timed out after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+    return code, log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +106,17 @@ def test_readme_blocks_are_found() -> None:
 @pytest.mark.slow
 def test_readme_train_block_trains_on_a_fresh_clone(clone: Path) -> None:
     lines = [
-        f"{line} train.steps=2" if line.startswith("medssl ") else line
+        f"{line} {TINY_RUN}" if line.startswith("medssl ") else line
         for line in readme_block("Train")
     ]
-    result = _run_block(lines, clone)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    code, output = _run_block(lines, clone)
+    assert code == 0, output[-4000:]
     assert LICENSE_WARNING not in output
-    assert "run directory: runs/quickstart" in result.stdout, output[-4000:]
+    assert "run directory: runs/quickstart" in output, output[-4000:]
     run_dir = clone / "runs" / "quickstart"
     for name in ("config.yaml", "run.json", "backbone.safetensors", "eval.json"):
         assert (run_dir / name).is_file(), f"the quickstart run wrote no {name}"
+    assert "elapsed" in output  # the log lines' progress
 
 
 @pytest.mark.slow
@@ -111,10 +126,9 @@ def test_readme_test_block_installs_what_pytest_collects(clone: Path) -> None:
         f"{line} --collect-only -q -p no:cacheprovider" if line == "python -m pytest" else line
         for line in lines
     ]
-    result = _run_block(lines + ["python -m pip check"], clone)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    code, output = _run_block(lines + ["python -m pip check"], clone)
+    assert code == 0, output[-4000:]
     assert LICENSE_WARNING not in output
     # The example plugin's tests are collected, not skipped: the block installed it.
-    assert "plugins/medssl-ct/tests/test_ct_window.py::" in result.stdout
-    assert "No broken requirements found" in result.stdout
+    assert "plugins/medssl-ct/tests/test_ct_window.py::" in output
+    assert "No broken requirements found" in output

@@ -206,6 +206,7 @@ def prepare(
     key_file: str | Path | None = None,
     max_failure_share: float = 0.05,
     follow_links: bool = True,
+    select: Callable[[list[str]], list[str]] | None = None,
 ) -> PrepareReport:
     """Convert every readable file under ``source`` into ``out`` (see the module doc).
 
@@ -213,7 +214,8 @@ def prepare(
     and ``failures.csv`` and the library's own words to failure reasons. ``key_file``
     holds the secret of the keyed output names (:func:`medssl.data.keys.dataset_secret`).
     Raises :class:`TooManyPrepareFailures` after writing the manifest when more than
-    ``max_failure_share`` of the files failed.
+    ``max_failure_share`` of the files failed. ``select`` picks among the relative
+    source paths (e.g. a :class:`medssl.data.source_filter.SourceFilter`).
     """
     source, out = Path(source), Path(out)
     if not source.is_dir():
@@ -236,6 +238,8 @@ def prepare(
         for s in scan.files
         if not Path(s).resolve().is_relative_to(out_abs)
     ]
+    if select is not None:
+        sources = select(sources)
     keys = {rel: output_key(rel, secret) for rel in sources}
     report = PrepareReport(
         total=len(sources), not_regular=scan.not_regular, unreadable_folders=scan.unreadable

@@ -27,7 +27,7 @@ import yaml
 from safetensors import SafetensorError
 from torch.utils.data import DataLoader
 
-from medssl.config import RecipeError, ResolvedRecipe, build_component
+from medssl.config import RecipeError, ResolvedRecipe, TrainOptions, build_component
 from medssl.data.robust import LoadFailures
 from medssl.engine import checkpoint as ckpt
 from medssl.engine import schedules
@@ -122,21 +122,122 @@ def make_strategy(name: str) -> Any:
     )
 
 
-def _make_fabric(train: Any) -> Any:
-    from lightning_fabric import Fabric
+def _accelerator(train: TrainOptions) -> str:
+    return "cuda" if train.accelerator == "gpu" else train.accelerator
 
-    precision = "32-true" if train.precision in ("32", "32-true") else train.precision
-    accelerator = "cuda" if train.accelerator == "gpu" else train.accelerator
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if train.strategy == "fsdp" and on_cpu:
+
+def _on_cpu(train: TrainOptions) -> bool:
+    accelerator = _accelerator(train)
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
+def check_strategy(train: TrainOptions, source: str | None = None) -> None:
+    """FSDP needs CUDA devices (``medssl validate`` runs this check too)."""
+    if train.strategy == "fsdp" and _on_cpu(train):
         # Fabric's own message names its arguments, not the recipe's keys
         raise RecipeError(
             "'fsdp' shards the model over CUDA devices (Lightning Fabric's FSDP is GPU-only) "
             f"and train.accelerator is {train.accelerator!r}"
-            f"{'' if accelerator == 'cpu' else ' with no CUDA device'}; on the CPU use "
+            f"{'' if _accelerator(train) == 'cpu' else ' with no CUDA device'}; on the CPU use "
             "train.strategy=ddp (several processes) or auto",
-            key="train.strategy",
+            source,
+            "train.strategy",
         )
+
+
+def world_size(train: TrainOptions) -> int | None:
+    """The number of processes ``train.devices`` x ``train.num_nodes`` asks for, as Fabric
+    counts them; None where that cannot be told before launching."""
+    from lightning_fabric.accelerators import CPUAccelerator, CUDAAccelerator
+
+    accelerator = CPUAccelerator if _on_cpu(train) else CUDAAccelerator
+    try:
+        if train.devices == "auto":
+            per_node = accelerator.auto_device_count()
+        else:
+            parsed = accelerator.parse_devices(train.devices)
+            per_node = parsed if isinstance(parsed, int) else len(parsed or [])
+    except Exception:  # Fabric rejects the devices at launch, with its own message
+        return None
+    return per_node * train.num_nodes if per_node > 0 else None
+
+
+def batch_plan(
+    n_images: int, train: TrainOptions, world: int, source: str | None = None
+) -> tuple[int, int, int]:
+    """``(steps_per_epoch, total_steps, global_batch)``; a dataset too small for them is a
+    :class:`RecipeError` (``medssl validate`` runs this check too)."""
+    global_batch = train.batch_size * world * train.grad_accumulation
+    if n_images < global_batch:
+        raise RecipeError(
+            f"the dataset has {n_images} images, fewer than one global batch "
+            f"({train.batch_size} per device x {world} devices x "
+            f"{train.grad_accumulation} accumulation steps)",
+            source,
+            "train.batch_size",
+        )
+    available = n_images // global_batch
+    steps_per_epoch = train.steps_per_epoch or max(available, 1)
+    if steps_per_epoch > max(available, 1):
+        raise RecipeError(
+            f"train.steps_per_epoch={steps_per_epoch} needs more images than the "
+            f"dataset has ({n_images} images give {available} steps of {global_batch})",
+            source,
+            "train.steps_per_epoch",
+        )
+    total_steps = train.steps or (train.epochs or 1) * steps_per_epoch
+    return steps_per_epoch, total_steps, global_batch
+
+
+def setup_objectives(
+    recipe: ResolvedRecipe, registry: Registry, student: Any, context: dict[str, Any]
+) -> dict[str, tuple[Any, float]]:
+    """Build and set up every enabled objective for ``student``; an objective that cannot
+    be set up (an image size its decoder cannot tile, a missing ``head_init``) is a
+    :class:`RecipeError` naming its block. ``context``: the rest of
+    :class:`ObjectiveContext`."""
+    objectives = {}
+    shared: dict[str, torch.nn.Module] = {}
+    for spec in objective_setup_order(recipe.enabled_objectives, registry):
+        objective = build_component(registry, spec)
+        try:
+            objective.setup(
+                ObjectiveContext(
+                    embed_dim=student.embed_dim,
+                    patch_size=student.patch_size,
+                    in_chans=student.in_chans,
+                    shared=shared,
+                    **context,
+                )
+            )
+        except (ValueError, TypeError, FileNotFoundError) as exc:
+            raise RecipeError(
+                f"objective {spec.name!r} could not be set up: {exc}", recipe.source, spec.key
+            ) from exc
+        objectives[spec.key.split(".", 1)[1]] = (objective, spec.weight)
+    # Metrics and checkpoints keep the recipe's order, whatever the set-up order was.
+    return {
+        key: objectives[key] for key in (s.key.split(".", 1)[1] for s in recipe.enabled_objectives)
+    }
+
+
+def check_output_dir(run_dir: Path, resume: bool, source: str | None = None) -> None:
+    """A run directory with checkpoints is only continued with ``--resume``."""
+    if not resume and ckpt.list_checkpoints(run_dir / "checkpoints"):
+        raise RecipeError(
+            f"{run_dir} already holds checkpoints of an earlier run; pass --resume to "
+            "continue it, or choose another output_dir",
+            source,
+            "output_dir",
+        )
+
+
+def _make_fabric(train: TrainOptions) -> Any:
+    from lightning_fabric import Fabric
+
+    precision = "32-true" if train.precision in ("32", "32-true") else train.precision
+    accelerator = _accelerator(train)
+    check_strategy(train)
     check_devices(train)
     return Fabric(
         accelerator=accelerator,
@@ -252,51 +353,24 @@ class Trainer:
             )
 
         world = self.fabric.world_size
-        global_batch = opts.batch_size * world * opts.grad_accumulation
         n_images = len(self.dataset)
-        if n_images < global_batch:
-            raise RecipeError(
-                f"the dataset has {n_images} images, fewer than one global batch "
-                f"({opts.batch_size} per device x {world} devices x "
-                f"{opts.grad_accumulation} accumulation steps)",
-                self.recipe.source,
-                "train.batch_size",
-            )
-        available = n_images // global_batch
-        self.steps_per_epoch = opts.steps_per_epoch or max(available, 1)
-        if self.steps_per_epoch > max(available, 1):
-            raise RecipeError(
-                f"train.steps_per_epoch={self.steps_per_epoch} needs more images than the "
-                f"dataset has ({n_images} images give {available} steps of {global_batch})",
-                self.recipe.source,
-                "train.steps_per_epoch",
-            )
-        self.total_steps = opts.steps or (opts.epochs or 1) * self.steps_per_epoch
+        self.steps_per_epoch, self.total_steps, global_batch = batch_plan(
+            n_images, opts, world, self.recipe.source
+        )
         self.global_batch = global_batch
 
-        objectives = {}
-        shared: dict[str, torch.nn.Module] = {}
         image_size = getattr(self.policy, "global_crop_size", student.img_size)
-        for spec in objective_setup_order(self.recipe.enabled_objectives, registry):
-            objective = build_component(registry, spec)
-            self._setup_objective(
-                objective,
-                spec,
-                ObjectiveContext(
-                    embed_dim=student.embed_dim,
-                    patch_size=student.patch_size,
-                    in_chans=student.in_chans,
-                    total_steps=self.total_steps,
-                    steps_per_epoch=self.steps_per_epoch,
-                    shared=shared,
-                    world_size=world,
-                    image_size=int(image_size),
-                ),
-            )
-            objectives[spec.key.split(".", 1)[1]] = (objective, spec.weight)
-        # Metrics and checkpoints keep the recipe's order, whatever the set-up order was.
-        recipe_order = [spec.key.split(".", 1)[1] for spec in self.recipe.enabled_objectives]
-        objectives = {key: objectives[key] for key in recipe_order}
+        objectives = setup_objectives(
+            self.recipe,
+            registry,
+            student,
+            {
+                "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch,
+                "world_size": world,
+                "image_size": int(image_size),
+            },
+        )
         # Continued pre-training: heads shipped beside a backbone.init folder start the heads.
         from medssl.export.huggingface import apply_initial_heads
 
@@ -387,13 +461,6 @@ class Trainer:
         self.generator.manual_seed(seed * 1000 + rank)
         _seed_all(seed + rank)  # drop-path and anything else drawing from the global RNG
 
-    def _setup_objective(self, objective: Any, spec: Any, context: ObjectiveContext) -> None:
-        """``objective.setup``; a head file it cannot use (``head_init``) is one line."""
-        try:
-            objective.setup(context)
-        except (ValueError, TypeError, FileNotFoundError) as exc:
-            raise RecipeError(str(exc), spec.source, spec.key) from None
-
     # -- run directory ------------------------------------------------------------------------
     def _prepare_run_dir(self) -> int:
         """Write config.yaml/run.json; return the step to start from (resume)."""
@@ -443,13 +510,8 @@ class Trainer:
                 self.failures_total = state.get("failures_total", 0)
                 self.diagnostics_state = state.get("diagnostics")
                 log.info("resumed from %s (step %d)", latest, start_step)
-        elif ckpt.list_checkpoints(ckpt_dir):
-            raise RecipeError(
-                f"{run_dir} already holds checkpoints of an earlier run; pass --resume to "
-                "continue it, or choose another output_dir",
-                self.recipe.source,
-                "output_dir",
-            )
+        else:
+            check_output_dir(run_dir, False, self.recipe.source)
         if self.fabric.global_rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             if history["event"] == "start" or not (run_dir / "config.yaml").is_file():
@@ -718,7 +780,8 @@ class Trainer:
         last_ckpt: Path | None = None
         started = time.perf_counter()
         window_start, window_images = time.perf_counter(), 0
-        progress = _Progress(self.total_steps, start_step, enabled=self.progress_bar)
+        bar = self.progress_bar and self.fabric.global_rank == 0  # one bar per run
+        progress = _Progress(self.total_steps, start_step, enabled=bar)
         diagnostics = LearningMonitor(self.total_steps)
         if getattr(self, "diagnostics_state", None):
             diagnostics.load_state_dict(self.diagnostics_state)
@@ -908,8 +971,10 @@ class _Progress:
         self.enabled = enabled
         self.start = start
         self._bar = None
+        self._started = time.perf_counter()
 
     def __enter__(self) -> _Progress:
+        self._started = time.perf_counter()
         if self.enabled:
             from rich.progress import (
                 BarColumn,
@@ -946,13 +1011,30 @@ class _Progress:
             return
         losses = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("loss"))
         log.info(
-            "step %d/%d %s lr=%.3g %.1f img/s",
+            "step %d/%d %s lr=%.3g %.1f img/s %s",
             step,
             self.total,
             losses,
             metrics.get("lr", float("nan")),
             metrics.get("images_per_s", float("nan")),
+            self.timing(step),
         )
+
+    def timing(self, step: int, now: float | None = None) -> str:
+        """The elapsed time and an ETA at the mean pace of the steps so far."""
+        elapsed = (time.perf_counter() if now is None else now) - self._started
+        done = step - self.start
+        text = f"elapsed {_clock(elapsed)}"
+        if done > 0 and step < self.total:
+            text += f", ETA {_clock(elapsed / done * (self.total - step))}"
+        return text
+
+
+def _clock(seconds: float) -> str:
+    """H:MM:SS, or M:SS under an hour."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def train(

@@ -74,11 +74,14 @@ def run_evaluators(
     specs: Sequence[ComponentSpec] | None = None,
     out_dir: str | Path | None = None,
     floor_cache: dict[str, Any] | None = None,
+    default_data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run directory (or HF folder); write and return ``eval.json``'s content.
 
     ``specs`` default to the recipe's ``eval:`` list; results go to ``out_dir`` (default:
     ``run_dir``, or the current directory's ``eval/`` for a read-only HF folder).
+    ``default_data``: the data block of evaluators without their own, where there is no
+    recipe (default: the recipe's).
     """
     specs = list(
         specs if specs is not None else (resolved_recipe.evaluators if resolved_recipe else [])
@@ -86,7 +89,8 @@ def run_evaluators(
     if not specs:
         raise RecipeError("no evaluator to run: the recipe has no 'eval:' list", None, "eval")
     encoder = load_encoder(run_dir, resolved_recipe, registry)
-    default_data = dict(resolved_recipe.recipe.data) if resolved_recipe is not None else None
+    if resolved_recipe is not None:
+        default_data = dict(resolved_recipe.recipe.data)
     # An exported folder without its recipe has no known initialisation: no such floor.
     random = None if resolved_recipe is None else random_encoder(resolved_recipe, registry)
     results = evaluate(encoder, specs, registry, default_data, floor_cache, random)

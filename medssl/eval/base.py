@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -216,6 +216,9 @@ class Evaluator:
 
     name = "evaluator"
     Options: type[EvalOptions] = EvalOptions
+    #: Sample keys the evaluator reads ("label", "mask"): `medssl validate` checks that
+    #: its data has them before a run trains.
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
         self.options = self.Options(**options)

@@ -25,7 +25,15 @@ from medssl.plugins import Registry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FEATURE_MODES", "FeatureSet", "Splits", "build_dataset", "extract", "load_splits"]
+__all__ = [
+    "FEATURE_MODES",
+    "FeatureSet",
+    "Splits",
+    "build_dataset",
+    "extract",
+    "load_splits",
+    "split_datasets",
+]
 
 #: What a classification probe can read; the first is the headline (as DINOv2).
 FEATURE_MODES = ("cls+mean_patch", "cls", "mean_patch")
@@ -183,6 +191,30 @@ def _subsample(fs: FeatureSet, max_images: int | None, seed: int) -> FeatureSet:
     return fs.take(index)
 
 
+def split_datasets(
+    registry: Registry,
+    block: dict[str, Any],
+    where: str,
+    split: str = "auto",
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[Dataset, Dataset, Dataset, SplitInfo]:
+    """``(train, val, reference, info)`` of ``block`` as a probe splits it
+    (:func:`medssl.eval.splits.choose_split`); ``reference`` carries the labels."""
+    name = block.get("name")
+    factory = registry.get("dataset", str(name)).factory if name is not None else None
+    return choose_split(
+        factory,
+        block,
+        lambda b: build_dataset(registry, b, where),
+        split=split,
+        val_fraction=val_fraction,
+        seed=seed,
+        where=where,
+    )
+
+
 def load_splits(
     encoder: Encoder,
     registry: Registry,
@@ -213,15 +245,8 @@ def load_splits(
         image_size=image_size, batch_size=batch_size, patches=patches, pixel_size=pixel_size
     )
     name = block.get("name")
-    factory = registry.get("dataset", str(name)).factory if name is not None else None
-    train_ds, val_ds, reference, info = choose_split(
-        factory,
-        block,
-        lambda b: build_dataset(registry, b, where),
-        split=split,
-        val_fraction=val_fraction,
-        seed=seed,
-        where=where,
+    train_ds, val_ds, reference, info = split_datasets(
+        registry, block, where, split, val_fraction=val_fraction, seed=seed
     )
     train = _subsample(extract(encoder, train_ds, **kwargs), max_images, seed)
     val = _subsample(extract(encoder, val_ds, **kwargs), max_images, seed + 1)

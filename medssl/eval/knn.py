@@ -58,6 +58,7 @@ class KNN(Evaluator):
     """Weighted k-NN on centred, L2-normalised frozen features; floors beside."""
 
     name = "knn"
+    needs = ("label",)
 
     class Options(ProbeOptions):
         k: int = Field(20, ge=1)

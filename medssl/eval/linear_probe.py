@@ -44,6 +44,7 @@ class LinearProbe(Evaluator):
     """Linear probe on frozen CLS / mean-patch / CLS + mean-patch features; floors beside."""
 
     name = "linear_probe"
+    needs = ("label",)
 
     class Options(ProbeOptions):
         C: float | None = Field(

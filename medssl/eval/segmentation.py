@@ -111,6 +111,7 @@ class SegmentationProbe(Evaluator):
     """Linear (or small conv) decoder on frozen patch tokens; Dice per class with floors."""
 
     name = "segmentation_probe"
+    needs = ("mask",)
 
     class Options(EvalOptions):
         decoder: Literal["linear", "conv"] = "linear"

@@ -43,9 +43,13 @@ def test_prepare_outputs_and_no_phi(tmp_path: Path, pydicom_data: Path) -> None:
     shutil.copy(pydicom_data / "liver.dcm", src / "seg.dcm")
     write_png(src / "wide.png", np.tile(np.arange(0, 240, 2, dtype=np.uint8), (60, 1)))
     out = tmp_path / "out"
-    result = CliRunner().invoke(
+    result = CliRunner().invoke(  # --keep-labels: seg.dcm is read (and fails) as before
         prepare_command,
-        [str(src), str(out), "--size", "32", "--workers", "1", "--max-failure-share", "0.3"],
+        [
+            str(src),
+            str(out),
+            *("--size", "32", "--workers", "1", "--max-failure-share", "0.3", "--keep-labels"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "4 source files: 3 written, 0 already done, 1 failed" in result.output

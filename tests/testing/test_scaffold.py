@@ -83,3 +83,19 @@ def test_scaffold_installs_and_passes_its_own_tests(tmp_path):
         check=True,
     )
     assert "scaffoldcheck_images" in listing.stdout and "medssl-scaffoldcheck" in listing.stdout
+
+
+def test_scaffold_says_to_install_the_test_extra_before_pytest(tmp_path):
+    """In the README's train environment pytest is missing: `[test]` brings it."""
+    import tomllib
+
+    target = render_plugin("medssl-echo", tmp_path)
+    readme = (target / "README.md").read_text()
+    install = readme.index('pip install -e ".[test]"')
+    assert install < readme.index("python -m pytest")
+    extras = tomllib.loads((target / "pyproject.toml").read_text())["project"]
+    assert any(dep.startswith("pytest") for dep in extras["optional-dependencies"]["test"])
+    out = CliRunner().invoke(main, ["plugin", "new", "medssl-other", "-o", str(tmp_path)]).output
+    lines = out.splitlines()
+    assert lines[1].strip().startswith(f'pip install -e "{tmp_path / "medssl-other"}[test]"')
+    assert lines[-1].strip() == f"python -m pytest {tmp_path / 'medssl-other'}"
