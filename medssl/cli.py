@@ -161,6 +161,7 @@ def run(
         raise click.ClickException(str(exc)) from None
     if process_rank() != 0:
         return  # rank 0 evaluates and reports
+    click.echo(f"run directory: {result.run_dir}")
     if resolved.evaluators and not result.stopped_early:
         from medssl.eval import markdown_table, run_evaluators
         from medssl.eval.report import results_from_payload
@@ -178,7 +179,6 @@ def run(
 
     for line in final_lines(result.diagnostics):  # again at the end: evaluation scrolled it away
         click.echo(line)
-    click.echo(f"run directory: {result.run_dir}")
     code = stop_exit_code(result)
     if code:
         click.echo(

@@ -96,7 +96,7 @@ def test_validate_refuses_an_output_dir_with_checkpoints_unless_resuming(tmp_pat
         ([{"name": "knn", "image_size": 50}], ("eval.0.image_size", "not a multiple")),
         (
             [{"name": "knn", "data": {"name": "synthetic", "n_images": 2}}],
-            ("eval.0", "2 images, too few to split"),
+            ("eval.0", "too few to split"),
         ),
         (
             [{"name": "knn", "data": {"name": "synthetic", "n_imagez": 2}}],

@@ -141,11 +141,11 @@ def _phi_found(texts: list[str], folder: Path) -> list[str]:
     return hits
 
 
-def _recipe(tmp_path: Path, root: Path, name: str = "r.yaml") -> Path:
+def _recipe(tmp_path: Path, root: Path, name: str = "r.yaml", batch_size: int = 3) -> Path:
     recipe = copy.deepcopy(TINY_RECIPE)
     recipe["output_dir"] = str(tmp_path / "run")
     recipe["data"] = {"name": "image_folder", "root": str(root), "image_size": 64, "channels": 1}
-    recipe["train"].update(batch_size=3, steps=3)
+    recipe["train"].update(batch_size=batch_size, steps=3)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -381,12 +381,12 @@ def test_validate_when_the_first_file_is_empty(tmp_path: Path) -> None:
     (root / "a_empty.png").write_bytes(b"")
     write_png(root / "b.png", _noise(0, (64, 64)))
     runner = CliRunner()
-    result = runner.invoke(main, ["validate", str(_recipe(tmp_path, root))])
+    result = runner.invoke(main, ["validate", str(_recipe(tmp_path, root, batch_size=2))])
     assert result.exit_code == 0, result.output
     assert "1 of the first items failed to load" in result.output
     assert "DataFileError: empty file" in result.output and "a_empty" not in result.output
     (root / "b.png").write_bytes(b"")
-    result = runner.invoke(main, ["validate", str(_recipe(tmp_path, root))])
+    result = runner.invoke(main, ["validate", str(_recipe(tmp_path, root, batch_size=2))])
     assert (
         result.exit_code == 1
         and result.exception is None

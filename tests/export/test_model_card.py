@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from medssl.cli import main
 from medssl.engine.run_info import public_options
+from medssl.eval import markdown_table
 from medssl.eval.base import EvalResult, Row
 
 transformers = pytest.importorskip("transformers")
@@ -50,7 +51,8 @@ def test_export_writes_an_rgb_folder_with_a_model_card(tiny_recipe: Path, tmp_pa
     assert str(tmp_path) not in card
     assert "Objectives (weight): dino (1)" in card
     assert "- steps: 2" in card and "final losses (step 2): loss_dino " in card
-    assert "| linear_probe | synthetic | mean | auroc | **0.750** | 0.600 | 0.500 | 12/4 |" in card
+    row = markdown_table([result]).splitlines()[2]  # the probe's row, with its floors
+    assert row.startswith("| linear_probe | mean |") and "**0.750**" in row and row in card
     assert "AutoModel.from_pretrained" in card and "convert('RGB')" in card
     assert str(tmp_path) not in (out / "medssl.json").read_text()
 
