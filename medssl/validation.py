@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from medssl.config import RecipeError, ResolvedRecipe, TrainOptions, build_component
-from medssl.engine.trainer import (
+from medssl.engine.preflight import (
     batch_plan,
     check_output_dir,
     check_strategy,
