@@ -5,9 +5,10 @@ valid), this builds the dataset, policy, backbone and objectives and dry-runs th
 on two images, so incompatibilities surface before a long job is queued: text-needing
 objectives on a dataset without text, channel mismatches, crop sizes that are not
 multiples of the patch size, views an objective needs that the policy does not make;
-then what the trainer checks before its first step (FSDP without CUDA, devices, a dataset
-smaller than one global batch, objectives that cannot be set up, an output_dir holding
-another run) and what the evaluations need (:mod:`medssl.eval.check`).
+then what the trainer checks before its first step (:mod:`medssl.engine.preflight`: FSDP
+without CUDA, devices, a dataset smaller than one global batch, objectives that cannot be
+set up, an output_dir holding another run) and what the evaluations need
+(:mod:`medssl.eval.check`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from medssl.config import RecipeError, ResolvedRecipe, TrainOptions, build_component
 from medssl.data.large import sampled_file_checks
 from medssl.data.robust import LoadFailure
-from medssl.engine.trainer import (
+from medssl.engine.preflight import (
     batch_plan,
     check_devices,
     check_output_dir,

@@ -132,3 +132,40 @@ def test_readme_test_block_installs_what_pytest_collects(clone: Path) -> None:
     # The example plugin's tests are collected, not skipped: the block installed it.
     assert "plugins/medssl-ct/tests/test_ct_window.py::" in output
     assert "No broken requirements found" in output
+
+
+def test_plugin_tests_skip_with_the_install_command_without_the_plugin(tmp_path: Path) -> None:
+    """`python -m pytest` after `pip install -e ".[dev]"` alone: the plugin's tests are
+    skipped, naming the command that installs it, not errors at collection."""
+    blocked = tmp_path / "medssl_ct"
+    blocked.mkdir()
+    # What Python raises for a package that is not installed.
+    (blocked / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'medssl_ct'\", name='medssl_ct')\n"
+    )
+    paths = [str(tmp_path), str(ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "plugins/medssl-ct/tests",
+            "tests/test_readme.py::test_readme_blocks_are_found",  # what the skips sit beside
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    modules = len(list((ROOT / "plugins" / "medssl-ct" / "tests").glob("test_*.py")))
+    assert f"1 passed, {modules} skipped" in result.stdout, result.stdout
+    assert "error" not in result.stdout.lower()
+    assert "medssl-ct is not installed: pip install" in result.stdout
+    assert "--no-build-isolation -e plugins/medssl-ct" in result.stdout

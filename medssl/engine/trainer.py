@@ -35,7 +35,15 @@ from medssl.engine.diagnostics import LearningMonitor, final_lines
 from medssl.engine.ema import ema_update
 from medssl.engine.loggers import Trackers
 from medssl.engine.metrics import MetricsWriter
-from medssl.engine.model import SSLModel, objective_setup_order
+from medssl.engine.model import SSLModel
+from medssl.engine.preflight import (
+    accelerator_name,
+    batch_plan,
+    check_devices,
+    check_output_dir,
+    check_strategy,
+    setup_objectives,
+)
 from medssl.engine.resume_check import (
     alters_training,
     append_history,
@@ -47,7 +55,7 @@ from medssl.engine.run_info import run_info
 from medssl.engine.run_lock import RunDirectoryLocked, RunLock
 from medssl.engine.sampler import EpochSampler
 from medssl.plugins import Registry
-from medssl.types import ObjectiveContext, Views
+from medssl.types import Views
 
 log = logging.getLogger("medssl.train")
 
@@ -122,121 +130,11 @@ def make_strategy(name: str) -> Any:
     )
 
 
-def _accelerator(train: TrainOptions) -> str:
-    return "cuda" if train.accelerator == "gpu" else train.accelerator
-
-
-def _on_cpu(train: TrainOptions) -> bool:
-    accelerator = _accelerator(train)
-    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-
-
-def check_strategy(train: TrainOptions, source: str | None = None) -> None:
-    """FSDP needs CUDA devices (``medssl validate`` runs this check too)."""
-    if train.strategy == "fsdp" and _on_cpu(train):
-        # Fabric's own message names its arguments, not the recipe's keys
-        raise RecipeError(
-            "'fsdp' shards the model over CUDA devices (Lightning Fabric's FSDP is GPU-only) "
-            f"and train.accelerator is {train.accelerator!r}"
-            f"{'' if _accelerator(train) == 'cpu' else ' with no CUDA device'}; on the CPU use "
-            "train.strategy=ddp (several processes) or auto",
-            source,
-            "train.strategy",
-        )
-
-
-def world_size(train: TrainOptions) -> int | None:
-    """The number of processes ``train.devices`` x ``train.num_nodes`` asks for, as Fabric
-    counts them; None where that cannot be told before launching."""
-    from lightning_fabric.accelerators import CPUAccelerator, CUDAAccelerator
-
-    accelerator = CPUAccelerator if _on_cpu(train) else CUDAAccelerator
-    try:
-        if train.devices == "auto":
-            per_node = accelerator.auto_device_count()
-        else:
-            parsed = accelerator.parse_devices(train.devices)
-            per_node = parsed if isinstance(parsed, int) else len(parsed or [])
-    except Exception:  # Fabric rejects the devices at launch, with its own message
-        return None
-    return per_node * train.num_nodes if per_node > 0 else None
-
-
-def batch_plan(
-    n_images: int, train: TrainOptions, world: int, source: str | None = None
-) -> tuple[int, int, int]:
-    """``(steps_per_epoch, total_steps, global_batch)``; a dataset too small for them is a
-    :class:`RecipeError` (``medssl validate`` runs this check too)."""
-    global_batch = train.batch_size * world * train.grad_accumulation
-    if n_images < global_batch:
-        raise RecipeError(
-            f"the dataset has {n_images} images, fewer than one global batch "
-            f"({train.batch_size} per device x {world} devices x "
-            f"{train.grad_accumulation} accumulation steps)",
-            source,
-            "train.batch_size",
-        )
-    available = n_images // global_batch
-    steps_per_epoch = train.steps_per_epoch or max(available, 1)
-    if steps_per_epoch > max(available, 1):
-        raise RecipeError(
-            f"train.steps_per_epoch={steps_per_epoch} needs more images than the "
-            f"dataset has ({n_images} images give {available} steps of {global_batch})",
-            source,
-            "train.steps_per_epoch",
-        )
-    total_steps = train.steps or (train.epochs or 1) * steps_per_epoch
-    return steps_per_epoch, total_steps, global_batch
-
-
-def setup_objectives(
-    recipe: ResolvedRecipe, registry: Registry, student: Any, context: dict[str, Any]
-) -> dict[str, tuple[Any, float]]:
-    """Build and set up every enabled objective for ``student``; an objective that cannot
-    be set up (an image size its decoder cannot tile, a missing ``head_init``) is a
-    :class:`RecipeError` naming its block. ``context``: the rest of
-    :class:`ObjectiveContext`."""
-    objectives = {}
-    shared: dict[str, torch.nn.Module] = {}
-    for spec in objective_setup_order(recipe.enabled_objectives, registry):
-        objective = build_component(registry, spec)
-        try:
-            objective.setup(
-                ObjectiveContext(
-                    embed_dim=student.embed_dim,
-                    patch_size=student.patch_size,
-                    in_chans=student.in_chans,
-                    shared=shared,
-                    **context,
-                )
-            )
-        except (ValueError, TypeError, FileNotFoundError) as exc:
-            raise RecipeError(
-                f"objective {spec.name!r} could not be set up: {exc}", recipe.source, spec.key
-            ) from exc
-        objectives[spec.key.split(".", 1)[1]] = (objective, spec.weight)
-    # Metrics and checkpoints keep the recipe's order, whatever the set-up order was.
-    return {
-        key: objectives[key] for key in (s.key.split(".", 1)[1] for s in recipe.enabled_objectives)
-    }
-
-
-def check_output_dir(run_dir: Path, resume: bool, source: str | None = None) -> None:
-    """A run directory with checkpoints is only continued with ``--resume``."""
-    if not resume and ckpt.list_checkpoints(run_dir / "checkpoints"):
-        raise RecipeError(
-            f"{run_dir} already holds checkpoints of an earlier run; pass --resume to "
-            "continue it, or choose another output_dir",
-            source,
-            "output_dir",
-        )
-
-
 def _make_fabric(train: TrainOptions) -> Any:
     from lightning_fabric import Fabric
 
     precision = "32-true" if train.precision in ("32", "32-true") else train.precision
-    accelerator = _accelerator(train)
+    accelerator = accelerator_name(train)
     check_strategy(train)
     check_devices(train)
     return Fabric(
@@ -246,27 +144,6 @@ def _make_fabric(train: TrainOptions) -> Any:
         num_nodes=train.num_nodes,
         precision=precision,
     )
-
-
-def check_devices(train: Any) -> None:
-    """``train.devices`` against this machine: one process per device, so a thousand on a
-    CPU would be a thousand interpreters."""
-    devices = train.devices
-    if devices == "auto" or not isinstance(devices, int):
-        return  # the recipe model admits only positive ints and "auto"
-    accelerator = "cuda" if train.accelerator == "gpu" else train.accelerator
-    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
-        available, what = os.cpu_count() or 1, "CPU cores"
-    elif torch.cuda.is_available():
-        available, what = torch.cuda.device_count(), "CUDA devices"
-    else:
-        return  # another accelerator: Lightning checks its own count
-    if devices > available:
-        raise RecipeError(
-            f"train.devices={devices} but this machine has {available} {what}; "
-            f"use at most {available} (or auto)",
-            key="train.devices",
-        )
 
 
 def _fused_adamw(device: torch.device) -> bool:
