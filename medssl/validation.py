@@ -59,6 +59,10 @@ def check_recipe(recipe: ResolvedRecipe, registry: Registry) -> list[str]:
     dataset = build_component(registry, recipe.data)
     policy = build_component(registry, recipe.augmentation)
     backbone = build_component(registry, recipe.backbone)
+    if recipe.adaptation is not None:
+        from medssl.engine.adapt import adapt_backbone
+
+        adapt_backbone(backbone, recipe.adaptation, source)
     patch_size = int(backbone.patch_size)
 
     request = ViewRequest(patch_size=patch_size)
