@@ -68,6 +68,13 @@ def check_recipe(recipe: ResolvedRecipe, registry: Registry) -> list[str]:
     request = ViewRequest(patch_size=patch_size)
     for spec in recipe.enabled_objectives:
         objective = build_component(registry, spec)
+        check_backbone = getattr(objective, "check_backbone", None)
+        if check_backbone is not None:  # e.g. distillation: the teacher against the student
+            size = int(getattr(policy, "global_crop_size", backbone.img_size))
+            try:
+                check_backbone(backbone, size)
+            except ValueError as exc:
+                raise RecipeError(str(exc), source, spec.key) from None
         try:
             request = request | objective.request(patch_size)
         except ValueError as exc:
