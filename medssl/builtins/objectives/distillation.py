@@ -126,9 +126,13 @@ class Distillation(ConfiguredObjective):
     @torch.no_grad()
     def _teacher_tokens(self, crops: Tensor) -> Any:
         teacher = self._load()
-        if next(teacher.parameters()).device != crops.device:
+        param = next(teacher.parameters())
+        if param.device != crops.device:
+            # Not a submodule, so Fabric did not move it with the model.
             teacher.to(crops.device)
-        return teacher(crops)
+        # Autocast (mixed precision) applies as to the student; a "true" half precision
+        # run hands over half-precision crops to this fp32 copy.
+        return teacher(crops.to(param.dtype) if crops.is_floating_point() else crops)
 
     def loss(self, out: StepOutputs) -> ObjectiveResult:
         student = out.student_global
