@@ -173,6 +173,18 @@ def test_lora_trains_only_adapters_and_resumes_identically(tmp_path: Path) -> No
     in_optimizer = sum(p.numel() for g in first.optimizer.param_groups for p in g["params"])
     head = sum(p.numel() for o in first.raw_model.objectives.values() for p in o.parameters())
     assert in_optimizer <= sum(student[n].numel() for n in trainable) + head
+    # Only the adapters changed: base weights equal a freshly seeded build.
+    from medssl.config import build_component
+
+    resolved = resolve_recipe(config, registry(), "test")
+    torch.manual_seed(3)
+    initial = build_component(registry(), resolved.backbone).state_dict()
+    for name, value in student.items():
+        plain = name.replace(".base_layer", "")
+        if ".lora_" in name:
+            continue
+        assert torch.equal(value, initial[plain]), name
+    assert any(student[n].abs().sum() > 0 for n in trainable if "lora_B" in n)
     # The teacher is the EMA of the adapted student: it has the adapters too.
     assert has_lora(first.raw_model.teacher.backbone)
     # The run's backbone.safetensors is a plain backbone: adapters merged.
