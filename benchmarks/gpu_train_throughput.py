@@ -8,6 +8,7 @@ Data loading is left out (fixed synthetic images already on the GPU).
 
     python benchmarks/gpu_train_throughput.py                 # batch 40 (the paper's per-GPU batch)
     python benchmarks/gpu_train_throughput.py --batch-size 16 --steps 10 --compile
+    python benchmarks/gpu_train_throughput.py --lora 8          # LoRA arm (backbone.lora)
 
 Prints one JSON line; exits 0 with a message when no CUDA device is present.
 """
@@ -34,6 +35,9 @@ def main() -> int:
         "--precision", default="bf16-mixed", choices=["32", "bf16-mixed", "16-mixed"]
     )
     parser.add_argument("--compile", action="store_true", help="train.compile=true")
+    parser.add_argument(
+        "--lora", type=int, default=0, metavar="RANK", help="backbone.lora with this rank (0: off)"
+    )
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "rad_dino.yaml"))
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE recipe overrides")
     parser.add_argument(
@@ -63,6 +67,8 @@ def main() -> int:
         "output_dir=/tmp/medssl-gpu-throughput",
         *args.overrides,
     ]
+    if args.lora:
+        overrides += [f"backbone.lora.rank={args.lora}", f"backbone.lora.alpha={2 * args.lora}"]
     config, source = load_config(args.recipe, overrides)
     config["train"]["precision"] = args.precision  # a string, which "32" as an override is not
     size = config["data"].get("image_size", 518)
@@ -121,6 +127,11 @@ def main() -> int:
                 if cuda
                 else None,
                 "parameters_m": params / 1e6,
+                "trainable_m": sum(
+                    p.numel() for p in trainer.raw_model.parameters() if p.requires_grad
+                )
+                / 1e6,
+                "lora_rank": args.lora,
                 "torch": torch.__version__,
             }
         )

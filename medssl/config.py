@@ -200,6 +200,8 @@ class ResolvedRecipe:
     backbone: ComponentSpec
     objectives: list[ComponentSpec]
     evaluators: list[ComponentSpec] = field(default_factory=list)
+    #: ``backbone.freeze`` / ``backbone.lora`` (a :class:`medssl.engine.adapt.Adaptation`).
+    adaptation: Any = None
 
     @property
     def train(self) -> TrainOptions:
@@ -523,6 +525,9 @@ def resolve_recipe(config: dict[str, Any], registry: Registry, source: str) -> R
         validate_block(registry, "evaluator", block, f"eval.{i}", source)
         for i, block in enumerate(recipe.eval)
     ]
+    from medssl.engine.adapt import split_adaptation
+
+    backbone_block, adaptation = split_adaptation(recipe.backbone, source)
     return ResolvedRecipe(
         config=config,
         recipe=recipe,
@@ -531,9 +536,10 @@ def resolve_recipe(config: dict[str, Any], registry: Registry, source: str) -> R
         augmentation=validate_block(
             registry, "augmentation", recipe.augmentation, "augmentation", source
         ),
-        backbone=validate_block(registry, "backbone", recipe.backbone, "backbone", source),
+        backbone=validate_block(registry, "backbone", backbone_block, "backbone", source),
         objectives=objectives,
         evaluators=evaluators,
+        adaptation=adaptation,
     )
 
 

@@ -108,11 +108,22 @@ def check_recipe(
         dataset = build_component(registry, recipe.data)
     policy = build_component(registry, recipe.augmentation)
     backbone = build_component(registry, recipe.backbone)
+    if recipe.adaptation is not None:
+        from medssl.engine.adapt import adapt_backbone
+
+        adapt_backbone(backbone, recipe.adaptation, source)
     patch_size = int(backbone.patch_size)
 
     request = ViewRequest(patch_size=patch_size)
     for spec in recipe.enabled_objectives:
         objective = build_component(registry, spec)
+        check_backbone = getattr(objective, "check_backbone", None)
+        if check_backbone is not None:  # e.g. distillation: the teacher against the student
+            size = int(getattr(policy, "global_crop_size", backbone.img_size))
+            try:
+                check_backbone(backbone, size)
+            except ValueError as exc:
+                raise RecipeError(str(exc), source, spec.key) from None
         try:
             request = request | objective.request(patch_size)
         except ValueError as exc:

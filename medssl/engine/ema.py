@@ -3,7 +3,8 @@
 ``teacher = m * teacher + (1 - m) * student`` for every parameter, done in place with the
 ``torch._foreach`` kernels as DINOv2's ``SSLMetaArch.update_teacher`` does (one fused
 launch per device and dtype instead of one per tensor; here one ``lerp`` rather than a
-``mul`` and an ``add``, so one pass over each teacher tensor). Buffers are copied.
+``mul`` and an ``add``, so one pass over each teacher tensor). Buffers are copied;
+frozen student parameters (``requires_grad=False``) are skipped.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ def ema_update(pairs: Iterable[tuple[nn.Module, nn.Module]], momentum: float) ->
             raise ValueError(f"ema_update: pair {i} has different parameters ({diff})")
         for name, t in t_named.items():
             s = s_named[name]
+            if not s.requires_grad:
+                # Frozen (backbone.freeze, or LoRA's base weights): the teacher already
+                # equals the student there, and lerp would only re-write it.
+                continue
             if s.shape != t.shape:
                 raise ValueError(
                     f"ema_update: pair {i} parameter {name!r} has shape {tuple(s.shape)} in the "

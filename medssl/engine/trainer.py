@@ -31,9 +31,11 @@ from medssl.config import RecipeError, ResolvedRecipe, TrainOptions, build_compo
 from medssl.data.robust import LoadFailures
 from medssl.engine import checkpoint as ckpt
 from medssl.engine import schedules
+from medssl.engine.adapt import adapt_backbone, parameter_report
 from medssl.engine.diagnostics import LearningMonitor, final_lines
 from medssl.engine.ema import ema_update
 from medssl.engine.loggers import Trackers
+from medssl.engine.lora import has_lora, merged_state_dict
 from medssl.engine.metrics import MetricsWriter
 from medssl.engine.model import SSLModel
 from medssl.engine.preflight import (
@@ -220,6 +222,8 @@ class Trainer:
         self.dataset = build_component(registry, self.recipe.data)
         self.policy = build_component(registry, self.recipe.augmentation)
         student = build_component(registry, self.recipe.backbone)
+        if self.recipe.adaptation is not None:
+            adapt_backbone(student, self.recipe.adaptation, self.recipe.source)
         policy_channels = getattr(self.policy, "channels", None)
         if policy_channels is not None and policy_channels != student.in_chans:
             raise RecipeError(
@@ -313,6 +317,7 @@ class Trainer:
         if opts.compile:
             # In place, so parameter names (checkpoints, EMA pairs) keep no ``_orig_mod.``.
             model.student.compile()
+        log.info(parameter_report(model.student, objective_modules, optimizer))
         self.model, self.optimizer = self.fabric.setup(model, optimizer)
         self.raw_model = model
 
@@ -535,6 +540,12 @@ class Trainer:
         from safetensors.torch import save_file
 
         prefix = "teacher.backbone." if self.raw_model.teacher is not None else "student."
+        if has_lora(self.raw_model.student):
+            # A plain backbone (adapters merged) so that eval and export need no peft.
+            teacher = self.raw_model.teacher
+            encoder = teacher.backbone if teacher is not None else self.raw_model.student
+            merged = merged_state_dict(encoder)
+            model_state = {prefix + k: v for k, v in merged.items()}
         state = {
             k[len(prefix) :]: v.detach().cpu().contiguous()
             for k, v in model_state.items()

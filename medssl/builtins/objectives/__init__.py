@@ -7,6 +7,7 @@ from typing import Any
 
 from medssl.builtins.objectives.clip import CLIP
 from medssl.builtins.objectives.dino import DINO
+from medssl.builtins.objectives.distillation import Distillation
 from medssl.builtins.objectives.ibot import IBOT
 from medssl.builtins.objectives.koleo import KoLeo
 from medssl.builtins.objectives.mae import MAE
@@ -17,6 +18,7 @@ OBJECTIVES: dict[str, Callable[..., Any]] = {
     "koleo": KoLeo,
     "mae": MAE,
     "clip": CLIP,
+    "distillation": Distillation,
 }
 
-__all__ = ["CLIP", "DINO", "IBOT", "KoLeo", "MAE", "OBJECTIVES"]
+__all__ = ["CLIP", "DINO", "Distillation", "IBOT", "KoLeo", "MAE", "OBJECTIVES"]
