@@ -1,0 +1,94 @@
+"""What the learning diagnostics add to the quickstart's step time::
+
+    python benchmarks/diagnostics_overhead.py [--rounds 3] [--steps 21] [--skip 1]
+
+Each round trains ``recipes/quickstart.yaml`` (no probes) twice, each in a fresh process:
+once as shipped (``on``: signals, gradient shares, states on every
+``train.diagnostics_every``-th step) and once with the diagnostics switched off (``off``:
+no step is diagnosed). The order alternates between rounds. A process times its steps
+after the first ``--skip`` up to the one before the last (which is always diagnosed), the
+mean over them, logging and metrics included as ``medssl run`` does them: with the
+defaults steps 2-20, of which 10 and 20 are diagnosed (the quickstart's rate, one in
+``train.diagnostics_every`` = 10). The figure is the median over rounds of ``on / off``,
+with the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(mode: str, steps: int, skip: int, out_dir: str) -> None:
+    """Train in this process; print the mean seconds per step after ``skip`` steps."""
+    from medssl.config import load_recipe
+    from medssl.engine import diagnostics
+    from medssl.engine.trainer import Trainer
+    from medssl.plugins import load_registry
+
+    if mode == "off":
+        # Never diagnose: the model computes no signal, the monitor sees nothing.
+        Trainer.diagnose_step = property(lambda self: False, lambda self, value: None)  # type: ignore[assignment]
+        diagnostics.LearningMonitor.observe = lambda self, step, model: {}  # type: ignore[method-assign]
+    stamps: list[float] = []
+    step = Trainer.optimizer_step
+
+    def timed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        step(self, *args, **kwargs)
+        stamps.append(time.perf_counter())
+
+    Trainer.optimizer_step = timed  # type: ignore[method-assign]
+    registry = load_registry()
+    overrides = [f"output_dir={out_dir}", "eval=[]", f"train.steps={steps}"]
+    resolved = load_recipe(ROOT / "recipes" / "quickstart.yaml", overrides, registry)
+    Trainer(resolved, registry, progress_bar=False).fit()
+    per_step = (stamps[-2] - stamps[skip - 1]) / (len(stamps) - 1 - skip)
+    print(json.dumps({"mode": mode, "seconds_per_step": per_step}))
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=21)
+    parser.add_argument("--skip", type=int, default=1)
+    parser.add_argument("--child", choices=["on", "off"])
+    parser.add_argument("--out-dir")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.steps, args.skip, args.out_dir)
+        return
+    print(f"load average before: {_load()}")
+    ratios = []
+    for i in range(args.rounds):
+        order = ["on", "off"] if i % 2 == 0 else ["off", "on"]
+        times = {}
+        for mode in order:
+            with tempfile.TemporaryDirectory() as tmp:
+                command = [sys.executable, __file__, "--child", mode, "--out-dir", tmp]
+                command += ["--steps", str(args.steps), "--skip", str(args.skip)]
+                proc = subprocess.run(command, capture_output=True, text=True, check=True)
+                times[mode] = json.loads(proc.stdout.strip().splitlines()[-1])["seconds_per_step"]
+        ratios.append(times["on"] / times["off"])
+        print(
+            f"round {i + 1} ({' then '.join(order)}): on {times['on']:.4f} s/step, "
+            f"off {times['off']:.4f} s/step, on / off {ratios[-1]:.4f}",
+            flush=True,
+        )
+    print(f"load average after: {_load()}")
+    print(f"median on / off over {len(ratios)} rounds: {statistics.median(ratios):.4f}")
+
+
+if __name__ == "__main__":
+    main()
