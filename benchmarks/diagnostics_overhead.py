@@ -8,8 +8,8 @@ once as shipped (``on``: signals, gradient shares, states on every
 no step is diagnosed). The order alternates between rounds. A process times its steps
 after the first ``--skip`` up to the one before the last (which is always diagnosed), the
 mean over them, logging and metrics included as ``medssl run`` does them: with the
-defaults steps 2-20, of which 10 and 20 are diagnosed (the quickstart's rate, one in
-``train.diagnostics_every`` = 10). The figure is the median over rounds of ``on / off``,
+defaults steps 2-20, of which step 20 is diagnosed (the quickstart's rate, one in
+``train.diagnostics_every`` = 20). The figure is the median over rounds of ``on / off``,
 with the load average before and after.
 
 ``--paired N`` instead times, in one process, N pairs of the same training step (one
