@@ -15,8 +15,9 @@ with the load average before and after.
 ``--paired N`` instead times, in one process, N pairs of the same training step (one
 batch, its views fixed, no optimiser step) without and with diagnosis, alternating, and
 prints the median extra time of a diagnosed step over a plain one, and that divided by
-``train.diagnostics_every``: the share it adds to the mean step time. Cheaper and less
-sensitive to a busy machine than the rounds, but it leaves out logging.
+``train.diagnostics_every``: the share it adds to the mean step time; and the time of the
+engine's part alone (``learning_signals``), which a busy machine disturbs far less. Cheaper
+than the rounds, but it leaves out logging.
 """
 
 from __future__ import annotations
@@ -65,9 +66,21 @@ def paired(n: int) -> None:
     import torch
 
     from medssl.config import load_recipe
+    from medssl.engine import diagnostics
     from medssl.engine.trainer import Trainer
     from medssl.plugins import load_registry
 
+    # The engine's part of a diagnosed step, timed on its own (robust on a busy machine).
+    engine_times: list[float] = []
+    signals = diagnostics.learning_signals
+
+    def timed_signals(*args, **kwargs):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        out = signals(*args, **kwargs)
+        engine_times.append(time.perf_counter() - start)
+        return out
+
+    diagnostics.learning_signals = timed_signals  # type: ignore[assignment]
     registry = load_registry()
     with tempfile.TemporaryDirectory() as tmp:
         resolved = load_recipe(
@@ -95,6 +108,12 @@ def paired(n: int) -> None:
     plain = statistics.median(times[False])
     extra = statistics.median(d - p for d, p in zip(times[True], times[False], strict=True))
     print(f"plain step {plain:.4f} s, diagnosed step +{extra:.4f} s (median of {n} pairs)")
+    engine = statistics.median(engine_times[1:])  # the first call warms up linalg
+    print(
+        f"learning_signals (gradient shares, entropies, one host transfer): {engine:.4f} s "
+        f"(median of {len(engine_times) - 1}; first call {engine_times[0]:.4f} s), "
+        f"{engine / every / plain:.2%} of the mean step"
+    )
     print(
         f"added to the mean step time at train.diagnostics_every={every}: "
         f"{extra / every / plain:.2%}"
