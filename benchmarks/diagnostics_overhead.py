@@ -16,8 +16,9 @@ with the load average before and after.
 batch, its views fixed, no optimiser step) without and with diagnosis, alternating, and
 prints the median extra time of a diagnosed step over a plain one, and that divided by
 ``train.diagnostics_every``: the share it adds to the mean step time; and the time of the
-engine's part alone (``learning_signals``), which a busy machine disturbs far less. Cheaper
-than the rounds, but it leaves out logging.
+engine's part alone (``learning_signals``). Times are CPU seconds of the process
+(``time.process_time``, all threads), which other jobs on a shared machine do not inflate
+as they do wall time. Cheaper than the rounds, but it leaves out logging.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ def paired(n: int) -> None:
     signals = diagnostics.learning_signals
 
     def timed_signals(*args, **kwargs):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
+        start = time.process_time()
         out = signals(*args, **kwargs)
-        engine_times.append(time.perf_counter() - start)
+        engine_times.append(time.process_time() - start)
         return out
 
     diagnostics.learning_signals = timed_signals  # type: ignore[assignment]
@@ -98,16 +99,17 @@ def paired(n: int) -> None:
             # pairs alternate their order: plain first, then diagnosed first
             diagnose = bool(i % 2) if (i // 2) % 2 == 0 else not i % 2
             trainer.diagnose_step = diagnose
-            start = time.perf_counter()
+            start = time.process_time()
             trainer.forward_backward(views, 20, 1, last=True)  # past the prototype freeze
             if diagnose:  # what the loop does with the signals
                 trainer.raw_model.last_signals = {}
             trainer.optimizer.zero_grad(set_to_none=True)
             if i >= 2:  # the first pair warms up
-                times[diagnose].append(time.perf_counter() - start)
+                times[diagnose].append(time.process_time() - start)
     plain = statistics.median(times[False])
     extra = statistics.median(d - p for d, p in zip(times[True], times[False], strict=True))
     print(f"plain step {plain:.4f} s, diagnosed step +{extra:.4f} s (median of {n} pairs)")
+    print("(CPU seconds of this process, all threads: what other jobs on the machine do not add)")
     engine = statistics.median(engine_times[1:])  # the first call warms up linalg
     print(
         f"learning_signals (gradient shares, entropies, one host transfer): {engine:.4f} s "
