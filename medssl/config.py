@@ -111,7 +111,9 @@ class TrainOptions(_Strict):
     checkpoint_every: int = Field(100, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(3, gt=0, le=10**6)
     log_every: int = Field(10, gt=0)
-    diagnostics_every: int = Field(10, gt=0)
+    diagnostics_every: int = Field(
+        10, gt=0, description="steps between learning diagnostics (docs/diagnostics.md)"
+    )
     max_failure_share: float = Field(0.05, ge=0, le=1, description="abort above this share")
     max_minutes: float | None = Field(None, gt=0, description="stop (with a checkpoint) after")
     loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(

@@ -70,6 +70,7 @@ def test_validate_errors_exit_1_without_traceback(runner, tiny_recipe, overrides
 def test_run_writes_run_directory_and_resumes(runner, tiny_recipe, tmp_path):
     result = runner.invoke(main, ["run", str(tiny_recipe), "train.checkpoint_every=1"])
     assert result.exit_code == 0, result.output
+    assert "diagnostics: dino: " in result.output  # each objective's state, at the end
     run_dir = tmp_path / "run"
     for name in (
         "config.yaml",

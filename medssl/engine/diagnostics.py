@@ -62,7 +62,8 @@ ONE_HOT_USAGE_RATIO = 0.1
 #: Constant teacher: the mean total-variation distance of the teacher's rows from their
 #: batch mean is at most this (0: every image gets the same target).
 CONSTANT_SPREAD = 0.01
-#: A loss counts as at chance when ``loss / chance >= 1 - CHANCE_TOLERANCE``.
+#: A loss is at chance when ``abs(loss / chance - 1) <= CHANCE_TOLERANCE``, below it
+#: (learning) under ``1 - CHANCE_TOLERANCE``.
 CHANCE_TOLERANCE = 0.02
 #: A condition becomes the objective's state once it held on every diagnosed step over
 #: this many steps (or a fifth of the run, when that is shorter).
@@ -271,8 +272,9 @@ def hints(results: Mapping[str, ObjectiveResult]) -> dict[str, str | None]:
 
 
 def condition(values: Mapping[str, float]) -> str:
-    """What one diagnosed step shows: ``uniform``, ``collapsed``, ``at_chance``,
-    ``below_chance`` or ``unjudged`` (no chance level and no teacher)."""
+    """What one diagnosed step shows: ``uniform``, ``collapsed``, ``at_chance`` (within
+    the tolerance), ``above_chance``, ``below_chance`` or ``unjudged`` (no chance level
+    and no teacher)."""
     ratio = values.get("teacher_entropy_ratio")
     if ratio is not None and ratio >= UNIFORM_ENTROPY_RATIO:
         return "uniform"
@@ -284,13 +286,18 @@ def condition(values: Mapping[str, float]) -> str:
     loss_ratio = values.get("loss_ratio_window", values.get("loss_ratio"))
     if loss_ratio is None or not math.isfinite(loss_ratio):
         return "unjudged"
-    return "at_chance" if loss_ratio >= 1.0 - CHANCE_TOLERANCE else "below_chance"
+    if loss_ratio < 1.0 - CHANCE_TOLERANCE:
+        return "below_chance"
+    return "at_chance" if loss_ratio <= 1.0 + CHANCE_TOLERANCE else "above_chance"
 
 
 _STATE_OF = {
     "uniform": "uniform",
     "collapsed": "collapsed",
     "at_chance": "not_learning",
+    # Every model starts above chance (random predictions are sharper than uniform and
+    # wrong): only staying there for twice the window is not learning.
+    "above_chance": "not_learning",
     "below_chance": "learning",
     "unjudged": "unjudged",
 }
@@ -312,7 +319,8 @@ class LearningMonitor:
 
     A bad condition (at chance, uniform, collapsed) becomes the state once it has held on
     every diagnosed step spanning ``window`` steps (``NOT_LEARNING_STEPS``, or a fifth of
-    the run when shorter); a loss below chance is ``learning`` at once. A warning is
+    the run when shorter; twice that for a loss above chance, where every run starts); a
+    loss below chance is ``learning`` at once. A warning is
     logged when an objective enters a bad state.
     """
 
@@ -346,7 +354,7 @@ class LearningMonitor:
                 track.condition, track.streak_start = cond, step
             new = _STATE_OF[cond]
             start = step if track.streak_start is None else track.streak_start
-            held = step - start >= self.window
+            held = step - start >= self.window * (2 if cond == "above_chance" else 1)
             if new in _BAD and not held:
                 new = track.state  # not yet long enough: the previous state stands
             if new != track.state:
@@ -393,11 +401,15 @@ class LearningMonitor:
                 f"learning rate too high{advice}, or a lower train.lr"
             )
         chance = values.get("chance", math.nan)
+        ratio = values.get("loss_ratio_window", math.nan)
+        within = not ratio > 1.0 + CHANCE_TOLERANCE
+        where = "within" if within else "more than"
+        side, steps = ("of", window) if within else ("above", 2 * window)
         return (
-            f"objective {name!r}: not learning: its loss has not gone "
-            f"{CHANCE_TOLERANCE:.0%} below its chance level {chance:.4g} (loss / chance "
-            f"{values.get('loss_ratio_window', math.nan):.3f}, mean of the last {window} steps) "
-            f"for {window} steps or more. Likely: "
+            f"objective {name!r}: not learning: its loss stayed {where} "
+            f"{CHANCE_TOLERANCE:.0%} {side} its chance level {chance:.4g} (loss / chance "
+            f"{ratio:.3f}, mean over the last {window} steps) for {steps} steps or more. "
+            "Likely: "
             "targets the model cannot yet predict from these features, a learning rate too "
             f"low or too high, or too few steps{advice}, or train.lr / train.steps"
         )

@@ -193,11 +193,15 @@ def test_monitor_states_windows_warnings_and_resume(caplog: pytest.LogCaptureFix
 
 def test_final_lines_repeat_the_warning_of_a_bad_final_state() -> None:
     monitor = LearningMonitor(total_steps=100, window=1)
-    for step in (1, 2):
-        monitor.update(step, {"mae": {"chance": 1.0, "loss_ratio": 1.2}})
+    for step in (1, 2):  # above chance: declared after twice the window, not yet
+        assert monitor.update(step, {"mae": {"chance": 1.0, "loss_ratio": 1.2}}) == {
+            "mae": "undecided"
+        }
+    monitor.update(3, {"mae": {"chance": 1.0, "loss_ratio": 1.2}})
     lines = final_lines(monitor.summary())
-    assert lines[0] == "diagnostics: mae: not_learning (since step 2)"
-    assert lines[1].startswith("warning: step 2: objective 'mae': not learning")
+    assert lines[0] == "diagnostics: mae: not_learning (since step 3)"
+    assert lines[1].startswith("warning: step 3: objective 'mae': not learning: its loss")
+    assert "more than 2% above its chance level" in lines[1]
 
 
 def test_feature_spread() -> None:
