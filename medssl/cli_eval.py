@@ -246,14 +246,24 @@ def export(
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
 @click.option("--vary", multiple=True, help="KEY=V1,V2,... (repeatable: the grid of all).")
 @click.option("--set", "overrides", multiple=True, help="KEY=VALUE applied to every variant.")
+@click.option(
+    "--seeds",
+    help="Comma-separated seeds, e.g. 0,1,2: every variant is trained once per seed and "
+    "reported as mean with a 95% interval.",
+)
 @click.option("--out", default="runs/ablation", show_default=True, type=click.Path(file_okay=False))
 def ablate(
-    recipes: tuple[str, ...], vary: tuple[str, ...], overrides: tuple[str, ...], out: str
+    recipes: tuple[str, ...],
+    vary: tuple[str, ...],
+    overrides: tuple[str, ...],
+    seeds: str | None,
+    out: str,
 ) -> None:
     """Train and evaluate every variant of RECIPES the same way; table + plot.
 
-    Each RECIPE is a variant, crossed with every --vary grid point. Writes ablation.csv,
-    ablation.md and ablation.png in --out; finished variants are not rerun.
+    Each RECIPE is a variant, crossed with every --vary grid point (and every --seeds
+    seed). Writes ablation.csv, ablation.md and ablation.png in --out; finished variants
+    are not rerun.
     """
     from medssl.ablate import VariantStopped, run_ablation
     from medssl.data.robust import TooManyLoadFailures
@@ -262,9 +272,15 @@ def ablate(
     from medssl.engine.run_lock import RunDirectoryLocked
     from medssl.engine.trainer import stop_exit_code
 
+    try:
+        seed_list = [int(x) for x in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise click.ClickException(
+            f"--seeds {seeds!r} is not a comma-separated list of integers"
+        ) from None
     registry = _registry()
     try:
-        run_ablation(recipes, vary, out, registry, overrides)
+        run_ablation(recipes, vary, out, registry, overrides, seeds=seed_list)
     except VariantStopped as exc:
         click.echo(str(exc), err=True)
         sys.exit(stop_exit_code(exc.result))

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from medssl.ablate import parse_vary, plan_variants, run_ablation
+from medssl.ablate import parse_vary, plan_variants, run_ablation, seed_summary, separated
 from medssl.cli import main
 from medssl.config import load_recipe
 from medssl.engine.trainer import train
@@ -34,6 +34,25 @@ def test_plan_is_the_grid_over_every_recipe(tmp_path: Path) -> None:
     assert len({v.name for v in variants}) == 8
     assert variants[0].name == "a__koleo=0__seed=0"
     assert variants[-1].overrides == ["objectives.koleo.weight=0.1", "seed=1"]
+    seeded = plan_variants([a], ["objectives.koleo.weight=0,0.1"], seeds=[0, 1, 2])
+    assert [v.name for v in seeded[:3]] == [f"koleo=0__seed={s}" for s in (0, 1, 2)]
+    assert {v.group for v in seeded} == {"koleo=0", "koleo=0.1"}
+    assert seeded[4].overrides == ["objectives.koleo.weight=0.1", "seed=1"]
+
+
+def test_seed_summary_and_separated_variants() -> None:
+    rows = [{"score": 0.70}, {"score": 0.72}, {"score": 0.74}]
+    got = seed_summary(rows)
+    # mean 0.72, s.d. 0.02, t(0.975, 2) = 4.303: half-width 4.303 * 0.02 / sqrt(3)
+    assert got["mean"] == pytest.approx(0.72)
+    assert got["hi"] - got["mean"] == pytest.approx(4.303 * 0.02 / 3**0.5)
+    assert seed_summary([{"score": 0.7, "ci": [0.6, 0.8]}])["lo"] == 0.6
+    agg = {
+        "a": {"0:knn mean auroc": {"mean": 0.8, "lo": 0.78, "hi": 0.82, "higher_is_better": True}},
+        "b": {"0:knn mean auroc": {"mean": 0.7, "lo": 0.68, "hi": 0.72, "higher_is_better": True}},
+        "c": {"0:knn mean auroc": {"mean": 0.75, "lo": 0.69, "hi": 0.81, "higher_is_better": True}},
+    }
+    assert separated(["0:knn mean auroc"], agg) == ["a > b on knn mean auroc"]
 
 
 def test_objective_swap_recipes_validate(medssl_registry) -> None:  # type: ignore[no-untyped-def]
@@ -96,6 +115,19 @@ def test_ablation_tables_plot_and_resume(
         train_fn=counting_train,
     )
     assert [Path(p).name for p in trained] == ["koleo=0.2"]
+
+    # Seeds as an axis: one row per variant with its mean and interval over seeds.
+    trained.clear()
+    seeded = tmp_path / "seeded"
+    one = ["objectives.koleo.weight=0"]
+    run_ablation([tiny_recipe], one, seeded, medssl_registry, train_fn=counting_train, seeds=[0, 1])
+    assert [Path(p).name for p in trained] == ["koleo=0__seed=0", "koleo=0__seed=1"]
+    table = (seeded / "ablation.md").read_text()
+    assert "| koleo=0 | 2 |" in table and "differ beyond their intervals" in table
+    with (seeded / "ablation.csv").open() as fh:
+        summary = [r for r in csv.DictReader(fh) if r["seed"] == "mean of 2"]
+    assert {r["variant"] for r in summary} == {"koleo=0"}
+    assert all(float(r["ci_lo"]) <= float(r["score"]) <= float(r["ci_hi"]) for r in summary)
 
 
 def test_ablate_refuses_recipes_without_eval(tiny_recipe: Path, tmp_path: Path) -> None:
