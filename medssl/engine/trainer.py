@@ -627,15 +627,16 @@ class Trainer:
                     break
         if metrics_writer is not None:
             metrics_writer.close()
-            if (self.run_dir / "metrics.csv").is_file():
-                from medssl.engine.plots import plot_run
-
-                plot_run(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
         summary = diagnostics.summary()
         for line in final_lines(summary):
             log.info("%s", line)
         if self.fabric.global_rank == 0:
             (self.run_dir / "diagnostics.json").write_text(json.dumps(summary, indent=2))
+            if (self.run_dir / "metrics.csv").is_file():
+                from medssl.engine.plots import plot_run
+
+                # after diagnostics.json: the panels' titles carry each objective's state
+                plot_run(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
             if self.load_failures.n_failed:
                 # The epoch-start check never sees the last epoch: list its files here.
                 log.warning("last epoch: %s", self.load_failures.summary())
