@@ -303,6 +303,10 @@ _STATE_OF = {
 }
 
 
+def _streak(cond: str | None) -> str | None:
+    return "not_below_chance" if cond in ("at_chance", "above_chance") else cond
+
+
 @dataclass
 class _Track:
     state: str = "undecided"
@@ -320,8 +324,8 @@ class LearningMonitor:
     A bad condition (at chance, uniform, collapsed) becomes the state once it has held on
     every diagnosed step spanning ``window`` steps (``NOT_LEARNING_STEPS``, or a fifth of
     the run when shorter; twice that for a loss above chance, where every run starts); a
-    loss below chance is ``learning`` at once. A warning is
-    logged when an objective enters a bad state.
+    loss below chance is ``learning`` at once (at and above chance count as one streak). A
+    warning is logged when an objective enters a bad state.
     """
 
     def __init__(self, total_steps: int, window: int | None = None) -> None:
@@ -350,8 +354,9 @@ class LearningMonitor:
             values = self._smoothed(track, step, values)
             track.last = dict(values)
             cond = condition(values)
-            if cond != track.condition:
-                track.condition, track.streak_start = cond, step
+            if _streak(cond) != _streak(track.condition):  # at and above chance: one streak
+                track.streak_start = step
+            track.condition = cond
             new = _STATE_OF[cond]
             start = step if track.streak_start is None else track.streak_start
             held = step - start >= self.window * (2 if cond == "above_chance" else 1)

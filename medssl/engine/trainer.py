@@ -753,19 +753,20 @@ class Trainer:
                     break
         if metrics_writer is not None:
             metrics_writer.close()
-            if (self.run_dir / "metrics.csv").is_file():
-                from medssl.engine.plots import plot_run
-
-                plot_run(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
-        if trackers is not None:
-            trackers.finish(stopped)
         summary = diagnostics.summary()
         for line in final_lines(summary):
             log.info("%s", line)
         if self.fabric.global_rank == 0:
             (self.run_dir / "diagnostics.json").write_text(json.dumps(summary, indent=2))
+            if (self.run_dir / "metrics.csv").is_file():
+                from medssl.engine.plots import plot_run
+
+                # after diagnostics.json: the panels' titles carry each objective's state
+                plot_run(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
             if self.failures_total:
                 log.warning("%d images failed to load in this run in all", self.failures_total)
+        if trackers is not None:  # after the plot: trackers keep loss_curves.png
+            trackers.finish(stopped)
         if stopped and self.load_failures.n_failed:
             log.warning("epoch so far: %s", self.load_failures.summary())
         elif not stopped:

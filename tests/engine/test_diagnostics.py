@@ -199,6 +199,11 @@ def test_final_lines_repeat_the_warning_of_a_bad_final_state() -> None:
         }
     monitor.update(3, {"mae": {"chance": 1.0, "loss_ratio": 1.2}})
     lines = final_lines(monitor.summary())
+    # at chance after above chance continues the streak: window 1 is held from step 3
+    nudged = LearningMonitor(total_steps=100, window=1)
+    for step, ratio in ((1, 1.2), (2, 1.0)):
+        state = nudged.update(step, {"mae": {"chance": 1.0, "loss_ratio": ratio}})
+    assert state == {"mae": "not_learning"}  # at chance at step 2, one streak since step 1
     assert lines[0] == "diagnostics: mae: not_learning (since step 3)"
     assert lines[1].startswith("warning: step 3: objective 'mae': not learning: its loss")
     assert "more than 2% above its chance level" in lines[1]
