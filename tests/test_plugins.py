@@ -210,3 +210,11 @@ def test_check_pending_also_covers_extra_plugins():
 
     with pytest.raises(PluginError, match="'Typo' implements unknown hook"):
         load_registry([Typo()])
+
+
+def test_registry_of_some_kinds_calls_only_their_hooks() -> None:
+    registry = load_registry(kinds=["dataset"])
+    assert "chexpert" in registry.names("dataset")
+    assert registry.names("backbone") == [] and registry.names("objective") == []
+    with pytest.raises(KeyError, match="unknown component kinds"):
+        load_registry(kinds=["datasets"])
