@@ -22,6 +22,19 @@ from medssl import __version__, hookspecs
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "KINDS",
+    "Component",
+    "LoadReport",
+    "PluginError",
+    "Provider",
+    "Registry",
+    "UnknownComponentError",
+    "get_plugin_manager",
+    "load_registry",
+]
+
 ENTRY_POINT_GROUP = "medssl"
 BUILTIN_PROVIDER = "medssl"
 #: Modules of medssl's own hook implementations, loaded by name like any plugin (as llm's
