@@ -59,7 +59,7 @@ MAX_EPOCHS = 10**6
 
 
 class TrainOptions(_Strict):
-    """The ``train:`` block. Defaults are DINOv2's (REFERENCE.md) unless noted."""
+    """The ``train:`` block. Defaults are DINOv2's (docs/references.md) unless noted."""
 
     batch_size: int = Field(32, gt=0, le=2**20, description="images per device per step")
     steps: int | None = Field(

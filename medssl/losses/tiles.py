@@ -16,9 +16,9 @@ from medssl.losses.dispatch import acc_dtype
 from medssl.losses.targets import PrototypeTargets
 
 # One fp32 [rows, chunk] tile is kept around this size: far below the eager B x K matrices
-# (256 MiB each at B = 1024, K = 65,536), large enough that per-op overhead stays small --
-# on the shared 2-core CPU of benchmarks/RESULTS.md, 16 MiB tiles ran the DINO head 2x
-# faster than 4 MiB ones for 12 MiB more memory. chunk_size overrides it.
+# (256 MiB each at B = 1024, K = 65,536), large enough that per-op overhead stays small
+# (4 and 16 MiB tiles compared in benchmarks/RESULTS.md, "Loss head"). chunk_size
+# overrides it.
 _TILE_BYTES = 16 * 2**20
 
 
