@@ -9,8 +9,9 @@ import sys
 import click
 
 from medssl import __version__
-from medssl.config import RecipeError, load_recipe
-from medssl.plugins import KINDS, PluginError, Registry, load_registry
+from medssl.cli_common import cli_load_recipe, cli_registry
+from medssl.config import RecipeError
+from medssl.plugins import KINDS, PluginError
 from medssl.ranks import RankZeroFilter, process_rank
 
 log = logging.getLogger("medssl")
@@ -28,20 +29,6 @@ def _setup_logging(verbose: bool) -> None:
     root.setLevel(level)
     # Lightning's banner lines are noise for a CLI user.
     logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
-
-
-def _registry() -> Registry:
-    try:
-        return load_registry()
-    except PluginError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _load(recipe: str, overrides: tuple[str, ...], registry: Registry):
-    try:
-        return load_recipe(recipe, overrides, registry)
-    except RecipeError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 class _MedsslGroup(click.Group):
@@ -136,10 +123,10 @@ def run(
     from medssl.plugins import UnknownComponentError
     from medssl.validation import check_recipe
 
-    registry = _registry()
+    registry = cli_registry()
     if output_dir:
         overrides = (*overrides, f"output_dir={output_dir}")
-    resolved = _load(recipe, overrides, registry)
+    resolved = cli_load_recipe(recipe, overrides, registry)
     try:
         # What `medssl validate` checks, so that no recipe error waits for training to end
         # (the device checks are left to Fabric, which knows the launcher's environment).
@@ -213,8 +200,8 @@ def validate(
         return
     from medssl.validation import check_recipe
 
-    registry = _registry()
-    resolved = _load(recipe, overrides, registry)
+    registry = cli_registry()
+    resolved = cli_load_recipe(recipe, overrides, registry)
     try:
         notes = check_recipe(resolved, registry, resume=resume, device_check=not no_device_check)
     except RecipeError as exc:
@@ -246,7 +233,7 @@ def _validate_data(recipe: str, overrides: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List every registered component by kind, with the plugin that provides it."""
-    registry = _registry()
+    registry = cli_registry()
     listing = {
         kind: [
             {
