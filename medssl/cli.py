@@ -215,6 +215,7 @@ def validate(
 def _validate_data(recipe: str, overrides: tuple[str, ...]) -> None:
     from medssl.config import load_config
     from medssl.data.check import check_data
+    from medssl.plugins import load_registry
 
     try:
         registry = load_registry(kinds=["dataset"])

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 # Defined without torch so that dataset adapters import it cheaply; part of this contract.
-from medssl.data.official_splits import OfficialSplits
+from medssl.official_splits import OfficialSplits
 
 __all__ = [
     "DatasetAdapter",

@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medssl.data.files import open_regular
 from medssl.data.keys import data_key, dataset_secret, printable_path, show_paths
-from medssl.data.official_splits import OfficialSplits
 from medssl.data.readers import ReadSettings, open_image, read_image
 from medssl.data.robust import LoadFailure, describe_error
+from medssl.official_splits import OfficialSplits
 
 if TYPE_CHECKING:
     import torch

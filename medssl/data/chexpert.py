@@ -31,9 +31,9 @@ from medssl.data.base import (
     resolve_root,
 )
 from medssl.data.large import ColumnRecords, check_files
-from medssl.data.official_splits import OfficialSplits
 from medssl.data.robust import resolve_under_root
 from medssl.data.tables import find_table, iter_rows, require_columns
+from medssl.official_splits import OfficialSplits
 
 __all__ = ["CHEXPERT_OBSERVATIONS", "CheXpert", "chexpert_value"]
 

@@ -27,9 +27,9 @@ from medssl.data.base import (
     normalise_view,
     resolve_root,
 )
-from medssl.data.official_splits import OfficialSplits
 from medssl.data.robust import resolve_under_root
 from medssl.data.tables import find_table, read_table, require_columns
+from medssl.official_splits import OfficialSplits
 
 __all__ = ["CsvManifest", "parse_float"]
 

@@ -27,8 +27,8 @@ from pydantic import Field
 from medssl.data.base import CommonOptions, FileDataset, normalise_view, resolve_root
 from medssl.data.chexpert import CHEXPERT_OBSERVATIONS, UncertainPolicy, chexpert_value
 from medssl.data.large import ColumnRecords, check_files
-from medssl.data.official_splits import OfficialSplits
 from medssl.data.tables import find_table, iter_rows, require_columns
+from medssl.official_splits import OfficialSplits
 
 __all__ = ["MimicCxrJpg", "report_text"]
 
