@@ -8,16 +8,11 @@ from typing import Any
 
 import click
 
+from medssl.cli_common import cli_registry
 from medssl.config import ComponentSpec, RecipeError, ResolvedRecipe, load_recipe
 from medssl.plugins import Registry, UnknownComponentError
 
 __all__ = ["ablate", "eval_command", "export", "visualize"]
-
-
-def _registry() -> Registry:
-    from medssl.cli import _registry as registry
-
-    return registry()
 
 
 def _run_recipe(
@@ -159,7 +154,7 @@ def eval_command(
     from medssl.eval import markdown_table, run_evaluators
     from medssl.eval.report import results_from_payload
 
-    registry = _registry()
+    registry = cli_registry()
     path = Path(run_dir)
     data = _data_block(data_items) if data_items else None
     resolved = _run_recipe(path, recipe, overrides, registry)
@@ -216,7 +211,7 @@ def export(
     """
     from pydantic import ValidationError
 
-    registry = _registry()
+    registry = cli_registry()
     try:
         component = registry.get("exporter", fmt)
     except UnknownComponentError as exc:
@@ -278,7 +273,7 @@ def ablate(
         raise click.ClickException(
             f"--seeds {seeds!r} is not a comma-separated list of integers"
         ) from None
-    registry = _registry()
+    registry = cli_registry()
     try:
         run_ablation(recipes, vary, out, registry, overrides, seeds=seed_list)
     except VariantStopped as exc:
@@ -307,7 +302,7 @@ def visualize(run_dir: str, image: str, out: str, size: int | None) -> None:
     from medssl.eval.encoder import load_encoder
     from medssl.visualize import visualize_image
 
-    registry = _registry()
+    registry = cli_registry()
     resolved = _run_recipe(Path(run_dir), None, (), registry)
     try:
         encoder = load_encoder(run_dir, resolved, registry)

@@ -13,6 +13,18 @@ from typing import Any
 import click
 import pluggy
 
+__all__ = [
+    "Register",
+    "hookspec",
+    "medssl_register_augmentations",
+    "medssl_register_backbones",
+    "medssl_register_commands",
+    "medssl_register_datasets",
+    "medssl_register_evaluators",
+    "medssl_register_exporters",
+    "medssl_register_objectives",
+]
+
 hookspec = pluggy.HookspecMarker("medssl")
 
 Register = Callable[[str, Callable[..., Any]], None]

@@ -8,6 +8,7 @@ from the ``medssl`` entry-point group; the built-ins register through the same h
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.metadata as importlib_metadata
 import logging
 import os
@@ -21,8 +22,26 @@ from medssl import __version__, hookspecs
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "KINDS",
+    "Component",
+    "LoadReport",
+    "PluginError",
+    "Provider",
+    "Registry",
+    "UnknownComponentError",
+    "get_plugin_manager",
+    "load_registry",
+]
+
 ENTRY_POINT_GROUP = "medssl"
 BUILTIN_PROVIDER = "medssl"
+#: Modules of medssl's own hook implementations, loaded by name like any plugin (as llm's
+#: ``DEFAULT_PLUGINS``): the plugin machinery depends on no component, the components
+#: depend on it. ``medssl.builtins`` defers its heavy imports to the hooks, so a manager
+#: built only for ``medssl_register_commands`` (``medssl --help``) stays light.
+BUILTIN_PLUGINS: tuple[str, ...] = ("medssl.builtins",)
 
 #: Registry kinds, keyed by the recipe word for one component of that kind.
 KINDS: dict[str, str] = {
@@ -100,10 +119,11 @@ def get_plugin_manager(extra_plugins: Iterable[Any] = ()) -> pluggy.PluginManage
     pm.medssl_providers = {}  # type: ignore[attr-defined]
     if not _autoload_disabled():
         _load_entry_points(pm, report)
-    from medssl import builtins
-
-    pm.register(builtins, name=BUILTIN_PROVIDER)
-    pm.medssl_providers[BUILTIN_PROVIDER] = Provider(BUILTIN_PROVIDER, __version__)  # type: ignore[attr-defined]
+    for module_name in BUILTIN_PLUGINS:
+        # The first is registered as "medssl": `pm.get_plugin("medssl")` finds the built-ins.
+        name = BUILTIN_PROVIDER if module_name == BUILTIN_PLUGINS[0] else module_name
+        pm.register(importlib.import_module(module_name), name=name)
+        pm.medssl_providers[name] = Provider(BUILTIN_PROVIDER, __version__)  # type: ignore[attr-defined]
     for plugin in extra_plugins:
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
         pm.register(plugin, name=name)
@@ -175,12 +195,20 @@ def _load_entry_points(pm: pluggy.PluginManager, report: LoadReport) -> None:
 class Registry:
     """Every component registered through the hooks, by kind and name."""
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    def __init__(self, pm: pluggy.PluginManager, kinds: Iterable[str] | None = None) -> None:
+        """Collect every kind, or only ``kinds`` (``medssl validate --data-only`` asks for
+        datasets alone, so backbones and their imports of torch and timm never load)."""
         self.pm = pm
         self.load_report: LoadReport = getattr(pm, "medssl_load_report", LoadReport())
         providers: dict[str, Provider] = getattr(pm, "medssl_providers", {})
+        wanted = set(KINDS) if kinds is None else set(kinds)
+        unknown = wanted - set(KINDS)
+        if unknown:
+            raise KeyError(f"unknown component kinds {sorted(unknown)}; kinds are {sorted(KINDS)}")
         self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
         for kind, hook_name in KINDS.items():
+            if kind not in wanted:
+                continue
             hook = getattr(pm.hook, hook_name)
             # Call each implementation on its own so every registration knows its plugin.
             for impl in reversed(hook.get_hookimpls()):
@@ -234,6 +262,8 @@ class Registry:
         return message
 
 
-def load_registry(extra_plugins: Iterable[Any] = ()) -> Registry:
-    """A fresh plugin manager and the registry it builds."""
-    return Registry(get_plugin_manager(extra_plugins))
+def load_registry(
+    extra_plugins: Iterable[Any] = (), kinds: Iterable[str] | None = None
+) -> Registry:
+    """A fresh plugin manager and the registry it builds (of every kind, or ``kinds``)."""
+    return Registry(get_plugin_manager(extra_plugins), kinds)

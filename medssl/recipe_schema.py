@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medssl.errors import RecipeError
+
 __all__ = [
     "MAX_EPOCHS",
     "MAX_SEED",
@@ -23,18 +25,6 @@ __all__ = [
     "ResolvedRecipe",
     "TrainOptions",
 ]
-
-
-class RecipeError(ValueError):
-    """A recipe is invalid; the message names the file and the key path."""
-
-    def __init__(self, message: str, source: str | None = None, key: str | None = None) -> None:
-        self.source = source
-        self.key = key
-        # Messages built from pydantic errors already start with their key path.
-        prefix = key if key and not message.startswith((f"{key}:", f"{key}.")) else None
-        where = ": ".join(part for part in (source, prefix) if part)
-        super().__init__(f"{where}: {message}" if where else message)
 
 
 class _Strict(BaseModel):
@@ -52,7 +42,7 @@ MAX_EPOCHS = 10**6
 
 
 class TrainOptions(_Strict):
-    """The ``train:`` block. Defaults are DINOv2's (REFERENCE.md) unless noted."""
+    """The ``train:`` block. Defaults are DINOv2's (docs/references.md) unless noted."""
 
     batch_size: int = Field(32, gt=0, le=2**20, description="images per device per step")
     steps: int | None = Field(

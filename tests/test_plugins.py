@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from medssl.plugins import (
     load_registry,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_PLUGIN = Path(__file__).parent / "fixtures" / "plugins" / "medssl-example"
 
 
@@ -210,3 +215,75 @@ def test_check_pending_also_covers_extra_plugins():
 
     with pytest.raises(PluginError, match="'Typo' implements unknown hook"):
         load_registry([Typo()])
+
+
+def test_registry_of_some_kinds_calls_only_their_hooks() -> None:
+    registry = load_registry(kinds=["dataset"])
+    assert "chexpert" in registry.names("dataset")
+    assert registry.names("backbone") == [] and registry.names("objective") == []
+    with pytest.raises(KeyError, match="unknown component kinds"):
+        load_registry(kinds=["datasets"])
+
+
+def _public_api() -> set[str]:
+    """The module names listed in docs/writing_plugins.md's public-API section."""
+    text = (ROOT / "docs" / "writing_plugins.md").read_text(encoding="utf-8")
+    section = text.split("<!-- public-api")[1].split("<!-- /public-api -->")[0]
+    return set(re.findall(r"`(medssl(?:\.[a-z_]+)*)`", section))
+
+
+def _medssl_imports(path: Path) -> Iterator[tuple[str, str, int]]:
+    """``(module, name, line)`` of every medssl import in a file (``name`` "" for ``import``)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "medssl" or alias.name.startswith("medssl."):
+                    yield alias.name, "", node.lineno
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module == "medssl" or node.module.startswith("medssl."):
+                for alias in node.names:
+                    yield node.module, alias.name, node.lineno
+
+
+def _public_names(module: str) -> set[str] | None:
+    """A module's ``__all__``; ``None`` when it has none (then no ``_`` name is public)."""
+    names = getattr(importlib.import_module(module), "__all__", None)
+    return None if names is None else set(names)
+
+
+def test_the_public_api_section_lists_importable_modules():
+    api = _public_api()
+    assert {"medssl", "medssl.types", "medssl.objectives", "medssl.testing"} <= api
+    missing = [m for m in sorted(api) if importlib.util.find_spec(m) is None]
+    assert not missing
+
+
+def test_reference_plugin_uses_only_the_public_api():
+    api = _public_api()
+    plugin = ROOT / "plugins" / "medssl-ct"
+    outside = []
+    for path in sorted(plugin.rglob("*.py")):
+        for module, name, line in _medssl_imports(path):
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if module not in api:
+                outside.append(f"{where}: {module}")
+            elif name and name != "*" and module != "medssl":
+                public = _public_names(module)
+                listed = name in public if public is not None else not name.startswith("_")
+                if not listed and importlib.util.find_spec(f"{module}.{name}") is None:
+                    outside.append(f"{where}: {module}.{name} (not in __all__)")
+            elif module == "medssl" and name not in ("hookimpl", "__version__"):
+                outside.append(f"{where}: medssl.{name}")
+    assert not outside, "medssl-ct imports outside docs/writing_plugins.md's public API:\n" + (
+        "\n".join(outside)
+    )
+
+
+def test_the_plugin_api_check_catches_an_internal_import(tmp_path):
+    sample = tmp_path / "p.py"
+    sample.write_text(
+        "def f():\n    from medssl.builtins.objectives.mae import MAE\nfrom medssl import hookimpl\n"
+    )
+    found = list(_medssl_imports(sample))
+    assert ("medssl.builtins.objectives.mae", "MAE", 2) in found
+    assert "medssl.builtins.objectives.mae" not in _public_api()

@@ -8,7 +8,13 @@ masks and MAE random masks. Random parameters come from one ``torch.Generator``.
 
 from __future__ import annotations
 
-from medssl.augment.masks import block_mask, block_masks, random_masks
+from medssl.augment.masks import (
+    block_mask,
+    block_mask_3d,
+    block_masks,
+    block_masks_nd,
+    random_masks,
+)
 from medssl.augment.multicrop import DINOv2MultiCrop, MultiCropPolicy
 from medssl.augment.rad_dino import RadDinoCXR
 from medssl.augment.single_view import CLIPView, MAEView, SingleViewPolicy
@@ -21,6 +27,8 @@ __all__ = [
     "RadDinoCXR",
     "SingleViewPolicy",
     "block_mask",
+    "block_mask_3d",
     "block_masks",
+    "block_masks_nd",
     "random_masks",
 ]

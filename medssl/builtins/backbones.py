@@ -18,9 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 from torch import Tensor, nn
 
+from medssl.export.hf_format import read_hf_folder
+from medssl.export.hf_load import load_hf_dinov2_into
 from medssl.types import BackboneOutput
+from medssl.weights import load_weights
 
-__all__ = ["VisionTransformer", "BACKBONES"]
+__all__ = ["VisionTransformer", "BACKBONES", "backbone_from_hf_folder", "load_initial_weights"]
 
 
 # DINOv2 switches from multiplying dropped samples by 0 to not computing them above 0.1
@@ -210,12 +213,8 @@ def load_initial_weights(model: VisionTransformer, init: str) -> None:
             "(e.g. a downloaded microsoft/rad-dino or facebook/dinov2-base)"
         )
     if path.is_dir():
-        from medssl.export.huggingface import load_hf_dinov2_into
-
         load_hf_dinov2_into(model, path)
         return
-    from medssl.weights import load_weights
-
     if path.suffix != ".safetensors":
         raise ValueError(
             f"backbone.init: {init!r} is neither a .safetensors file nor a Hugging Face folder"
@@ -228,6 +227,23 @@ def load_initial_weights(model: VisionTransformer, init: str) -> None:
             f"backbone.init: {init!r} does not fit this backbone "
             f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
         )
+
+
+def backbone_from_hf_folder(path: str | Path) -> nn.Module:
+    """A medssl ``VisionTransformer`` built from a Dinov2 folder's config and weights."""
+    config, _ = read_hf_folder(path)
+    embed = int(config["hidden_size"])
+    model = VisionTransformer(
+        embed_dim=embed,
+        depth=int(config["num_hidden_layers"]),
+        num_heads=int(config["num_attention_heads"]),
+        patch_size=int(config["patch_size"]),
+        img_size=int(config["image_size"]),
+        in_chans=int(config.get("num_channels", 3)),
+        mlp_ratio=float(config.get("mlp_ratio", 4)),
+        layer_scale_init=float(config.get("layerscale_value", 1.0)),
+    )
+    return load_hf_dinov2_into(model, path)
 
 
 def _preset(embed_dim: int, depth: int, num_heads: int) -> Callable[..., VisionTransformer]:

@@ -4,7 +4,7 @@ These two keys belong to the engine, not to the backbone plugin: :func:`split_ad
 takes them out of the ``backbone`` block before the plugin's own options are checked, so
 any registered backbone with timm-style ``blocks`` and ``patch_embed`` can be frozen or
 adapted. :func:`adapt_backbone` applies them to a built backbone, every error a
-:class:`~medssl.config.RecipeError` naming the key.
+:class:`~medssl.errors.RecipeError` naming the key.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 
 from medssl.engine.freeze import AdaptError, FreezeOptions, freeze_backbone
 from medssl.engine.lora import LoraOptions, add_lora
+from medssl.errors import RecipeError
 
 __all__ = ["Adaptation", "adapt_backbone", "parameter_report", "split_adaptation"]
 
@@ -35,8 +36,6 @@ class Adaptation:
 
 
 def _validate(model: type[BaseModel], value: Any, key: str, source: str) -> Any:
-    from medssl.config import RecipeError
-
     try:
         return model.model_validate(value)
     except ValidationError as exc:
@@ -66,8 +65,6 @@ def _key(block: str, key: str) -> str:
 
 def adapt_backbone(backbone: nn.Module, adaptation: Adaptation, source: str) -> nn.Module:
     """Freeze, then add adapters, in place; a spec the backbone cannot take is a RecipeError."""
-    from medssl.config import RecipeError
-
     if adaptation.freeze is not None and adaptation.freeze.enabled:
         try:
             freeze_backbone(backbone, adaptation.freeze)

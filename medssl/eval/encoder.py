@@ -156,7 +156,7 @@ def random_encoder(recipe: ResolvedRecipe, registry: Registry) -> Encoder:
 
 
 def _hf_encoder(folder: Path) -> Encoder:
-    from medssl.export.huggingface import backbone_from_hf_folder
+    from medssl.builtins.backbones import backbone_from_hf_folder
 
     backbone = backbone_from_hf_folder(folder)
     backbone.eval().requires_grad_(False)

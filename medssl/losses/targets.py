@@ -137,7 +137,7 @@ def sinkhorn_shifts(base: PrototypeTargets, n_iter: int, chunk: int) -> Prototyp
     ``Q = s * v[b] * E[b, k] * u[k]`` with ``E = exp(z / temp - M)`` (M the global max, for
     range), each iteration is one streaming pass: a tile's column sums give its ``u``, which
     its row sums need at once. Sums are clamped at the smallest normal float as
-    :func:`medssl.losses.centering.sinkhorn_normalize_` does.
+    :func:`medssl.losses.sinkhorn.sinkhorn_normalize_` does.
     """
     if base.col_shift is not None or base.row_shift is not None:
         raise ValueError("sinkhorn_shifts: base targets must have no shifts yet")

@@ -16,7 +16,7 @@ targets is a product with them, so the ``[T * B_t, K]`` targets are read once pe
 Teacher targets: a kernel writes the scaled, centred logits tile by tile into the output
 with each tile's row max and sum of exponentials; one in-place pass then takes
 ``exp(x - shift)``: the softmax (shift = row log-sum-exp), or Sinkhorn-Knopp's shifted
-exponential, which :func:`medssl.losses.centering.sinkhorn_normalize_` rescales.
+exponential, which :func:`medssl.losses.sinkhorn.sinkhorn_normalize_` rescales.
 
 Import only where Triton can run: on CUDA, or on a CPU with ``TRITON_INTERPRET=1`` set
 before this module is first imported (Triton reads it when the kernels are defined).
@@ -31,8 +31,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from medssl.losses.centering import global_max, sinkhorn_normalize_
 from medssl.losses.dispatch import triton_interpreter_enabled, without_autocast
+from medssl.losses.sinkhorn import global_max, sinkhorn_normalize_
 from medssl.losses.targets import PrototypeTargets
 
 __all__ = [

@@ -1,9 +1,9 @@
 """A reusable contract test for augmentation policies (Kornia's ``BaseTester`` style).
 
-Subclass :class:`AugmentationPolicyContract` in a test module, say how to build the
+Subclass :class:`AugmentationPolicyContractTests` in a test module, say how to build the
 policy with tiny crops and what to request, and pytest runs every check::
 
-    class TestMyPolicy(AugmentationPolicyContract):
+    class TestMyPolicy(AugmentationPolicyContractTests):
         def make_policy(self, **overrides):
             return MyPolicy(**{"global_crop_size": 16, "local_crop_size": 8, **overrides})
 
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from medssl.types import ViewRequest, Views
 
-__all__ = ["AugmentationPolicyContract", "view_tensors"]
+__all__ = ["AugmentationPolicyContract", "AugmentationPolicyContractTests", "view_tensors"]
 
 VIEW_FIELDS = ("global_crops", "local_crops", "single_view")
 
@@ -35,7 +35,7 @@ def view_tensors(views: Views) -> dict[str, Tensor]:
     return {name: getattr(views, name) for name in fields if getattr(views, name) is not None}
 
 
-class AugmentationPolicyContract:
+class AugmentationPolicyContractTests:
     """Checks every augmentation policy must pass; override the ``make_*`` hooks."""
 
     batch_size = 4
@@ -248,3 +248,7 @@ class AugmentationPolicyContract:
         assert views.text == text
         with pytest.raises(ValueError, match="text"):
             self.run(self.make_policy(), self.images(), request=request)
+
+
+#: The earlier name, kept for plugins that subclass it (one naming scheme: ``*ContractTests``).
+AugmentationPolicyContract = AugmentationPolicyContractTests

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from medssl.augment import DINOv2MultiCrop
-from medssl.testing.augmentation import AugmentationPolicyContract
+from medssl.testing.augmentation import AugmentationPolicyContractTests
 from medssl.types import BlockMaskSpec, ViewRequest
 
 
-class TestDINOv2MultiCrop(AugmentationPolicyContract):
+class TestDINOv2MultiCrop(AugmentationPolicyContractTests):
     def make_policy(self, **overrides: Any) -> DINOv2MultiCrop:
         options = {"global_crop_size": 16, "local_crop_size": 12, "n_local_crops": 3}
         return DINOv2MultiCrop(**{**options, **overrides})

@@ -9,11 +9,11 @@ import torch
 
 from medssl.augment import RadDinoCXR
 from medssl.augment.rad_dino import RAD_DINO_MEAN, RAD_DINO_STD
-from medssl.testing.augmentation import AugmentationPolicyContract
+from medssl.testing.augmentation import AugmentationPolicyContractTests
 from medssl.types import BlockMaskSpec, ViewRequest
 
 
-class TestRadDinoCXR(AugmentationPolicyContract):
+class TestRadDinoCXR(AugmentationPolicyContractTests):
     def make_policy(self, **overrides: Any) -> RadDinoCXR:
         options = {"global_crop_size": 16, "local_crop_size": 12, "n_local_crops": 2}
         return RadDinoCXR(**{**options, **overrides})

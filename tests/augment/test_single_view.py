@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from medssl.augment import CLIPView, MAEView
-from medssl.testing.augmentation import AugmentationPolicyContract
+from medssl.testing.augmentation import AugmentationPolicyContractTests
 from medssl.types import BlockMaskSpec, ViewRequest
 
 
-class TestMAEView(AugmentationPolicyContract):
+class TestMAEView(AugmentationPolicyContractTests):
     def make_policy(self, **overrides: Any) -> MAEView:
         return MAEView(**{"crop_size": 16, **overrides})
 
@@ -28,7 +28,7 @@ class TestMAEView(AugmentationPolicyContract):
         return "crop_size"
 
 
-class TestCLIPView(AugmentationPolicyContract):
+class TestCLIPView(AugmentationPolicyContractTests):
     def make_policy(self, **overrides: Any) -> CLIPView:
         return CLIPView(**{"crop_size": 16, **overrides})
 

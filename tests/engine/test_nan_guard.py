@@ -67,9 +67,9 @@ def test_non_finite_loss_names_objective_and_run_resumes(tiny_recipe):
 
 def test_cli_reports_non_finite_loss_without_traceback(tiny_recipe, monkeypatch):
     # The CLI builds its own registry: make the one-off plugin visible through it.
-    import medssl.cli as cli
+    import medssl.cli_common as cli_common
 
-    monkeypatch.setattr(cli, "load_registry", lambda: load_registry([ExplodingPlugin()]))
+    monkeypatch.setattr(cli_common, "load_registry", lambda: load_registry([ExplodingPlugin()]))
     result = CliRunner().invoke(
         main,
         [

@@ -62,7 +62,7 @@ def test_dino_multicrop_sum_matches_dinov2() -> None:
 def test_matches_lightly_dino_loss(dtype: torch.dtype) -> None:
     """lightly 1.6 DINOLoss (mean centering): value and student gradient.
 
-    Small shapes, so lightly's fp32 einsum error (REFERENCE.md: up to 1.7e-3 relative at
+    Small shapes, so lightly's fp32 einsum error (docs/references.md: up to 1.7e-3 relative at
     1e3 x 65536) stays below the stated 1e-5 relative here.
     """
     g = torch.Generator().manual_seed(2)

@@ -40,7 +40,15 @@ from medssl.types import (
     ViewRequest,
 )
 
-__all__ = ["DINO"]
+__all__ = [
+    "DINO",
+    "HeadOptions",
+    "SelfDistillation",
+    "TeacherOptions",
+    "build_head",
+    "check_output",
+    "dense_rows",
+]
 
 Centering = Literal["mean", "sinkhorn_knopp"]
 Impl = Literal["auto", "torch", "triton"]
@@ -83,7 +91,7 @@ class HeadOptions(BaseModel):
     )
 
 
-class _SelfDistillation(ConfiguredObjective):
+class SelfDistillation(ConfiguredObjective):
     """Teacher temperature, centring and prototype freezing shared by DINO and iBOT."""
 
     uses_teacher = True
@@ -233,7 +241,8 @@ def build_head(ctx: ObjectiveContext, o: HeadOptions, prefix: str) -> DINOHead:
     return head
 
 
-def _check_output(name: str, what: str, out: BackboneOutput | None, rows: int) -> BackboneOutput:
+def check_output(name: str, what: str, out: BackboneOutput | None, rows: int) -> BackboneOutput:
+    """``StepOutputs.<what>`` of objective ``name``, checked to hold ``rows`` CLS rows."""
     if out is None:
         raise ValueError(f"objective {name!r}: StepOutputs.{what} is None, but {name} needs it")
     if out.cls.ndim != 2 or out.cls.shape[0] != rows:
@@ -244,7 +253,7 @@ def _check_output(name: str, what: str, out: BackboneOutput | None, rows: int) -
     return out
 
 
-class DINO(_SelfDistillation):
+class DINO(SelfDistillation):
     """DINO CLS-token self-distillation with a DINOv2 head (see the module docstring).
 
     Registers its student and teacher heads as ``ctx.shared["dino_head"]`` and
@@ -287,10 +296,10 @@ class DINO(_SelfDistillation):
     def loss(self, out: StepOutputs) -> ObjectiveResult:
         v = out.views
         b, ng = v.batch_size, v.n_global
-        student = _check_output(self.name, "student_global", out.student_global, ng * b)
-        teacher = _check_output(self.name, "teacher_global", out.teacher_global, ng * b)
+        student = check_output(self.name, "student_global", out.student_global, ng * b)
+        teacher = check_output(self.name, "teacher_global", out.teacher_global, ng * b)
         nl = v.n_local if (self.options.local_crops and out.student_local is not None) else 0
-        local = _check_output(self.name, "student_local", out.student_local, nl * b) if nl else None
+        local = check_output(self.name, "student_local", out.student_local, nl * b) if nl else None
         n_pairs = ng * (ng - 1) + ng * nl
         if n_pairs == 0:
             raise ValueError(

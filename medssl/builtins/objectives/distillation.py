@@ -55,7 +55,7 @@ def load_teacher(path: str | Path) -> nn.Module:
         registry = load_registry()
         recipe = load_recipe(path / "config.yaml", [], registry)
         return encoder_from_recipe(recipe, registry, path / "backbone.safetensors").backbone
-    from medssl.export.huggingface import backbone_from_hf_folder
+    from medssl.builtins.backbones import backbone_from_hf_folder
 
     return backbone_from_hf_folder(path)
 

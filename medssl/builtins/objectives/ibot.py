@@ -21,10 +21,10 @@ from typing_extensions import Self
 
 from medssl.builtins.objectives.dino import (
     HeadOptions,
+    SelfDistillation,
     TeacherOptions,
-    _check_output,
-    _SelfDistillation,
     build_head,
+    check_output,
     dense_rows,
 )
 from medssl.builtins.objectives.heads import DINOHead, build_teacher_head
@@ -40,7 +40,7 @@ from medssl.types import (
 __all__ = ["IBOT"]
 
 
-class IBOT(_SelfDistillation):
+class IBOT(SelfDistillation):
     """iBOT patch loss on the block-masked global crops (see the module docstring)."""
 
     name = "ibot"
@@ -113,8 +113,8 @@ class IBOT(_SelfDistillation):
     def loss(self, out: StepOutputs) -> ObjectiveResult:
         v = out.views
         rows = v.n_global * v.batch_size
-        student = _check_output(self.name, "student_global", out.student_global, rows)
-        teacher = _check_output(self.name, "teacher_global", out.teacher_global, rows)
+        student = check_output(self.name, "student_global", out.student_global, rows)
+        teacher = check_output(self.name, "teacher_global", out.teacher_global, rows)
         masks = v.block_masks
         if masks is None:
             raise ValueError(

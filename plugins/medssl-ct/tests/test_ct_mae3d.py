@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from medssl_ct.mae3d import MAE3D, patchify_3d, sincos_3d
+from medssl_ct.mae3d import MAE3D
 from medssl_ct.vit3d import VisionTransformer3D
 from medssl_ct.window import CTWindow
 
+from medssl.objectives import patchify, sincos_3d
 from medssl.types import ObjectiveContext, StepOutputs, ViewRequest
 
 OPTIONS = {"decoder_dim": 24, "decoder_depth": 1, "decoder_heads": 2, "mask_ratio": 0.5}
@@ -61,9 +62,9 @@ def test_deterministic():
     torch.testing.assert_close(objective.loss(out).loss, a, rtol=0, atol=0)
 
 
-def test_patchify_3d_layout():
+def test_patchify_layout_on_volumes():
     x = torch.arange(2 * 4 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4, 4)
-    cubes = patchify_3d(x, 2)
+    cubes = patchify(x, 2)
     assert cubes.shape == (1, 8, 16)
     # The first cube, channel-last: voxel (0, 0, 0) of channel 0, then of channel 1.
     assert cubes[0, 0, :2].tolist() == [0.0, 64.0]

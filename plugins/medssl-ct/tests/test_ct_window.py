@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from medssl_ct.masks import block_mask_3d, block_masks_nd
 from medssl_ct.volume import encode_hu
 from medssl_ct.window import WINDOW_PRESETS, CTWindow
 
+from medssl.augment import block_mask_3d, block_masks_nd
 from medssl.types import BlockMaskSpec, ViewRequest
 
 DINO_IBOT = ViewRequest(

@@ -245,7 +245,7 @@ class UNETRExporter:
     ) -> Path:
         from safetensors.torch import save_file
 
-        from medssl.eval.encoder import load_encoder
+        from medssl.eval import load_encoder
 
         if recipe is None:
             raise ValueError(f"{run_dir}: monai_unetr needs the run's config.yaml")

@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from medssl.augment import random_masks
+from medssl.augment import block_masks_nd, random_masks
 from medssl.types import ViewRequest, Views
-from medssl_ct.masks import block_masks_nd
 from medssl_ct.volume import HU_RANGE, decode_hu
 
 __all__ = ["CTWindow", "WINDOW_PRESETS"]
