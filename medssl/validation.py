@@ -1,7 +1,8 @@
 """``medssl validate``: every check that can run without training.
 
 Beyond what :func:`medssl.config.load_recipe` already checks (names resolve, options
-valid), this builds the dataset, policy, backbone and objectives and dry-runs the policy
+valid), this assembles the recipe as training does (:mod:`medssl.engine.assembly`:
+dataset, policy, backbone, objectives set up and cross-checked) and dry-runs the policy
 on two images, so incompatibilities surface before a long job is queued: text-needing
 objectives on a dataset without text, channel mismatches, crop sizes that are not
 multiples of the patch size, views an objective needs that the policy does not make;
@@ -17,24 +18,18 @@ from pathlib import Path
 
 import torch
 
-from medssl.config import RecipeError, ResolvedRecipe, TrainOptions, build_component
-from medssl.data.large import sampled_file_checks
+from medssl.config import RecipeError, ResolvedRecipe, TrainOptions
 from medssl.data.robust import LoadFailure
+from medssl.engine.assembly import assemble
 from medssl.engine.preflight import (
-    batch_plan,
     check_devices,
     check_output_dir,
     check_strategy,
-    setup_objectives,
     world_size,
 )
 from medssl.eval.check import check_evaluators
 from medssl.plugins import Registry
 from medssl.types import ViewRequest, Views
-
-
-def _dataset_has_text(dataset: object) -> bool:
-    return bool(getattr(dataset, "has_text", False))
 
 
 def _missing_views(request: ViewRequest, views: Views) -> list[str]:
@@ -104,64 +99,11 @@ def check_recipe(
     source = recipe.source
     world = _world(recipe.train, device_check, source)
     check_output_dir(Path(recipe.recipe.output_dir), resume, source)
-    with sampled_file_checks():  # a large table's files are checked on a sample, said below
-        dataset = build_component(registry, recipe.data)
-    policy = build_component(registry, recipe.augmentation)
-    backbone = build_component(registry, recipe.backbone)
-    if recipe.adaptation is not None:
-        from medssl.engine.adapt import adapt_backbone
-
-        adapt_backbone(backbone, recipe.adaptation, source)
+    parts = assemble(recipe, registry, world or 1, sampled_files=True)
+    dataset, policy, backbone, request = parts.dataset, parts.policy, parts.backbone, parts.request
     patch_size = int(backbone.patch_size)
-
-    request = ViewRequest(patch_size=patch_size)
-    for spec in recipe.enabled_objectives:
-        objective = build_component(registry, spec)
-        check_backbone = getattr(objective, "check_backbone", None)
-        if check_backbone is not None:  # e.g. distillation: the teacher against the student
-            size = int(getattr(policy, "global_crop_size", backbone.img_size))
-            try:
-                check_backbone(backbone, size)
-            except ValueError as exc:
-                raise RecipeError(str(exc), source, spec.key) from None
-        try:
-            request = request | objective.request(patch_size)
-        except ValueError as exc:
-            raise RecipeError(str(exc), source, spec.key) from None
-        if objective.request(patch_size).text and not _dataset_has_text(dataset):
-            raise RecipeError(
-                f"objective {spec.name!r} needs report text, but dataset "
-                f"{recipe.data.name!r} provides none (set a text column, use a dataset "
-                f"with reports, or disable it with {spec.key}.weight=0)",
-                source,
-                spec.key,
-            )
-
-    channels = getattr(policy, "channels", None)
-    if channels is not None and channels != backbone.in_chans:
-        raise RecipeError(
-            f"the policy makes {channels}-channel views but backbone.in_chans is "
-            f"{backbone.in_chans}; set augmentation.channels and backbone.in_chans alike",
-            source,
-            "augmentation.channels",
-        )
-
-    if len(dataset) == 0:
-        raise RecipeError("the dataset is empty", source, "data")
-    steps_per_epoch, total_steps, _ = batch_plan(len(dataset), recipe.train, world or 1, source)
     if world is None:
         notes.append("train.devices is counted at launch: the batch check assumed 1 process")
-    setup_objectives(
-        recipe,
-        registry,
-        backbone,
-        {
-            "total_steps": total_steps,
-            "steps_per_epoch": steps_per_epoch,
-            "world_size": world or 1,
-            "image_size": int(getattr(policy, "global_crop_size", backbone.img_size)),
-        },
-    )
     sample, failed = _first_readable(dataset)
     if sample is None:
         raise RecipeError(

@@ -62,10 +62,22 @@ def assert_rejected(args: list[object], *expected: str) -> None:
             ["objectives.dino.head_init=/nonexistent/head.safetensors"],
             ("objectives.dino", "could not be set up", "head_init"),
         ),
+        (
+            [
+                "augmentation.channels=3",
+                "augmentation.mean=[0.5,0.5,0.5]",
+                "augmentation.std=[0.25,0.25,0.25]",
+            ],
+            ("augmentation.channels", "3-channel views"),
+        ),
+        (["objectives.clip.weight=1"], ("objectives.clip", "needs report text")),
     ],
 )
-def test_validate_rejects_what_training_would(tmp_path, overrides, expected):
-    assert_rejected(["validate", write_recipe(tmp_path), *overrides], *expected)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_validate_rejects_what_training_would(tmp_path, overrides, expected, command):
+    """Both commands assemble the recipe alike (medssl.engine.assembly): the same line."""
+    assert_rejected([command, write_recipe(tmp_path), *overrides], *expected)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @needs_no_cuda

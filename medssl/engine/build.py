@@ -1,8 +1,7 @@
 """Builds what a run trains, on a launched Fabric: model, optimiser, schedules, loader, RNG.
 
-The components come from the recipe through :func:`medssl.config.build_component`; the
-checks a run makes before its first step are :mod:`medssl.engine.preflight`'s, shared
-with ``medssl validate``. Everything the training loop steps lives in one
+The components come from :func:`medssl.engine.assembly.assemble`, built and
+cross-checked as ``medssl validate`` checks them. Everything the training loop steps lives in one
 :class:`TrainingParts`, made in one place.
 """
 
@@ -15,12 +14,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from medssl.config import RecipeError, ResolvedRecipe, build_component
+from medssl.config import ResolvedRecipe
 from medssl.engine import schedules
-from medssl.engine.adapt import adapt_backbone, parameter_report
+from medssl.engine.adapt import parameter_report
+from medssl.engine.assembly import assemble
 from medssl.engine.fabric_setup import fused_adamw, make_fabric
 from medssl.engine.model import SSLModel
-from medssl.engine.preflight import batch_plan, setup_objectives
 from medssl.engine.sampler import EpochSampler
 from medssl.engine.train_state import seed_all
 from medssl.plugins import Registry
@@ -65,58 +64,16 @@ def build_parts(recipe: ResolvedRecipe, registry: Registry) -> TrainingParts:
     # FSDP and the teacher's EMA copy would not get); per-rank seeds come after building.
     seed_all(seed)
 
-    dataset = build_component(registry, recipe.data)
-    policy = build_component(registry, recipe.augmentation)
-    student = build_component(registry, recipe.backbone)
-    if recipe.adaptation is not None:
-        adapt_backbone(student, recipe.adaptation, recipe.source)
-    policy_channels = getattr(policy, "channels", None)
-    if policy_channels is not None and policy_channels != student.in_chans:
-        raise RecipeError(
-            f"augmentation.channels is {policy_channels} but backbone.in_chans is "
-            f"{student.in_chans}; set them to the same value",
-            recipe.source,
-            "augmentation.channels",
-        )
-
-    world = fabric.world_size
-    n_images = len(dataset)
-    steps_per_epoch, total_steps, global_batch = batch_plan(n_images, opts, world, recipe.source)
-
-    image_size = getattr(policy, "global_crop_size", student.img_size)
-    objectives = setup_objectives(
-        recipe,
-        registry,
-        student,
-        {
-            "total_steps": total_steps,
-            "steps_per_epoch": steps_per_epoch,
-            "world_size": world,
-            "image_size": int(image_size),
-        },
-    )
-    # Continued pre-training: heads shipped beside a backbone.init folder start the heads.
-    from medssl.export.huggingface import apply_initial_heads
-
-    try:
-        loaded = apply_initial_heads(student, {k: o for k, (o, _) in objectives.items()})
-    except ValueError as exc:
-        raise RecipeError(str(exc), recipe.source, "backbone.init") from None
-    if loaded:
-        log.info("initial heads loaded from backbone.init for: %s", ", ".join(loaded))
+    parts = assemble(recipe, registry, fabric.world_size)
+    dataset, policy, student = parts.dataset, parts.policy, parts.backbone
+    objectives, request = parts.objectives, parts.request
+    steps_per_epoch, total_steps = parts.steps_per_epoch, parts.total_steps
+    global_batch, n_images, world = parts.global_batch, len(dataset), fabric.world_size
     model = SSLModel(student, objectives)
-    request = model.view_request()
     mask_token = getattr(student, "mask_token", None)
     if request.block_masks is None and isinstance(mask_token, torch.nn.Parameter):
         # Unused without block masks: DDP would wait forever for its gradient.
         mask_token.requires_grad_(False)
-    if request.text and not getattr(dataset, "has_text", False):
-        raise RecipeError(
-            f"an enabled objective needs report text but dataset {recipe.data.name!r} "
-            "provides none; disable it (objectives.<name>.weight=0) or use a dataset with text",
-            recipe.source,
-            "objectives",
-        )
 
     objective_modules = [obj for obj, _ in objectives.values()]
     plan = schedules.dinov2_schedules(

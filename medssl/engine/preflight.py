@@ -109,6 +109,12 @@ def setup_objectives(
     shared: dict[str, torch.nn.Module] = {}
     for spec in objective_setup_order(recipe.enabled_objectives, registry):
         objective = build_component(registry, spec)
+        check_backbone = getattr(objective, "check_backbone", None)
+        if check_backbone is not None:  # e.g. distillation: the teacher against the student
+            try:
+                check_backbone(student, int(context["image_size"]))
+            except ValueError as exc:
+                raise RecipeError(str(exc), recipe.source, spec.key) from None
         try:
             objective.setup(
                 ObjectiveContext(

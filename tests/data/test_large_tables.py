@@ -63,11 +63,13 @@ def test_validate_prints_the_sampled_check(tmp_path: Path, monkeypatch, tiny_rec
     import yaml
     from click.testing import CliRunner
 
-    import medssl.validation
+    import medssl.engine.assembly
     from medssl.cli import main
 
     _chexpert(tmp_path)
-    monkeypatch.setattr(medssl.validation, "sampled_file_checks", lambda: sampled_file_checks(2))
+    monkeypatch.setattr(
+        medssl.engine.assembly, "sampled_file_checks", lambda: sampled_file_checks(2)
+    )
     config = yaml.safe_load(tiny_recipe.read_text())
     config["data"] = {"name": "chexpert", "root": str(tmp_path), "image_size": 64}
     tiny_recipe.write_text(yaml.safe_dump(config))
