@@ -6,7 +6,11 @@ row's file exists, as in a real download), and a recipe whose data block points 
 folder above (root discovery). Then runs ``medssl validate`` in a subprocess and reports
 its wall time and peak resident memory (``ru_maxrss`` of the child).
 
-    python benchmarks/validate_large_table.py --rows 200000 [--keep DIR]
+    python benchmarks/validate_large_table.py --rows 200000 [--rounds 3] [--keep DIR]
+
+Three arms, alternating round by round: ``--data-only`` (the data block alone, no torch)
+and the full check on the large table, and the full check on a 10-row table (the cost of
+importing torch and building the recipe's components).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,15 +75,16 @@ def write_table(parent: Path, rows: int, seed: int = 0) -> None:
                     study, patient = 1, patient + 1
 
 
-def run_validate(work: Path) -> tuple[float, float, float, str]:
-    """``(wall s, CPU s, peak RSS MiB, stdout)`` of ``medssl validate`` on ``work``'s table."""
+def run_validate(work: Path, *flags: str) -> tuple[float, float, float, str]:
+    """``(wall s, CPU s, peak RSS MiB, stdout)`` of ``medssl validate [flags]`` on ``work``'s
+    table."""
     recipe = dict(
         TINY_RECIPE,
         output_dir=str(work / "run"),
         data={"name": "chexpert", "root": str(work), "image_size": 64, "channels": 1},
     )
     (work / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    cmd = [sys.executable, "-m", "medssl.cli", "validate", str(work / "recipe.yaml")]
+    cmd = [sys.executable, "-m", "medssl.cli", "validate", str(work / "recipe.yaml"), *flags]
     # A fresh interpreter per measure: ru_maxrss of RUSAGE_CHILDREN is the largest child.
     probe = (
         "import resource, subprocess, sys, time, json; t = time.perf_counter(); "
@@ -97,6 +103,7 @@ def run_validate(work: Path) -> tuple[float, float, float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", help="build (or reuse) the data here instead of a temp dir")
     args = parser.parse_args()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="medssl-bench-"))
@@ -107,11 +114,25 @@ def main() -> None:
             write_table(work, args.rows)
             print(f"wrote {args.rows} rows and files in {time.perf_counter() - t0:.1f} s")
         write_table(small, 10)
-        for name, folder in ((f"{args.rows:,} rows", work), ("10 rows (baseline)", small)):
-            wall, cpu, rss, stdout = run_validate(folder)
-            print(stdout)
+        arms = [
+            (f"--data-only, {args.rows:,} rows", work, ("--data-only",)),
+            (f"full, {args.rows:,} rows", work, ()),
+            ("full, 10 rows (baseline)", small, ()),
+        ]
+        # Arms alternate round by round, each in a fresh interpreter; medians reported.
+        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in arms}
+        print(f"load average before: {open('/proc/loadavg').read().split()[:3]}")
+        for round_ in range(args.rounds):
+            for name, folder, flags in arms:
+                wall, cpu, rss, stdout = run_validate(folder, *flags)
+                if round_ == 0:
+                    print(stdout)
+                results[name].append((wall, cpu, rss))
+        for name, runs in results.items():
+            wall, cpu, rss = (statistics.median(r[i] for r in runs) for i in range(3))
             print(
-                f"medssl validate, {name}: {wall:.2f} s wall, {cpu:.2f} s CPU, peak RSS {rss:.0f} MiB"
+                f"medssl validate {name}: median of {len(runs)}: {wall:.2f} s wall, "
+                f"{cpu:.2f} s CPU, peak RSS {rss:.0f} MiB (max {max(r[2] for r in runs):.0f})"
             )
         print(f"load average: {open('/proc/loadavg').read().split()[:3]}")
     finally:

@@ -195,12 +195,20 @@ def _load_entry_points(pm: pluggy.PluginManager, report: LoadReport) -> None:
 class Registry:
     """Every component registered through the hooks, by kind and name."""
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    def __init__(self, pm: pluggy.PluginManager, kinds: Iterable[str] | None = None) -> None:
+        """Collect every kind, or only ``kinds`` (``medssl validate --data-only`` asks for
+        datasets alone, so backbones and their imports of torch and timm never load)."""
         self.pm = pm
         self.load_report: LoadReport = getattr(pm, "medssl_load_report", LoadReport())
         providers: dict[str, Provider] = getattr(pm, "medssl_providers", {})
+        wanted = set(KINDS) if kinds is None else set(kinds)
+        unknown = wanted - set(KINDS)
+        if unknown:
+            raise KeyError(f"unknown component kinds {sorted(unknown)}; kinds are {sorted(KINDS)}")
         self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
         for kind, hook_name in KINDS.items():
+            if kind not in wanted:
+                continue
             hook = getattr(pm.hook, hook_name)
             # Call each implementation on its own so every registration knows its plugin.
             for impl in reversed(hook.get_hookimpls()):
@@ -254,6 +262,8 @@ class Registry:
         return message
 
 
-def load_registry(extra_plugins: Iterable[Any] = ()) -> Registry:
-    """A fresh plugin manager and the registry it builds."""
-    return Registry(get_plugin_manager(extra_plugins))
+def load_registry(
+    extra_plugins: Iterable[Any] = (), kinds: Iterable[str] | None = None
+) -> Registry:
+    """A fresh plugin manager and the registry it builds (of every kind, or ``kinds``)."""
+    return Registry(get_plugin_manager(extra_plugins), kinds)

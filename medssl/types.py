@@ -19,6 +19,9 @@ from typing import Any, Protocol, TypedDict, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+# Defined without torch so that dataset adapters import it cheaply; part of this contract.
+from medssl.official_splits import OfficialSplits
+
 __all__ = [
     "DatasetAdapter",
     "OfficialSplits",
@@ -52,24 +55,6 @@ class Sample(TypedDict, total=False):
     label: Tensor
     mask: Tensor
     text: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class OfficialSplits:
-    """A dataset's own train / held-out split, under the dataset's own names.
-
-    A probe builds the adapter twice, with ``{option: train}`` and ``{option: val}``
-    (NIH ChestX-ray14: ``split: train_val`` / ``split: test``; CheXpert ``train`` /
-    ``valid``; MIMIC-CXR ``train`` / ``validate``). ``disjoint`` states that the
-    published split keeps every group (patient) on one side; a probe stops with an error
-    when it does not. A split made by image (the demo data's) sets ``disjoint=False`` and
-    the groups found on both sides are reported as a warning instead.
-    """
-
-    train: str
-    val: str
-    option: str = "split"
-    disjoint: bool = True
 
 
 @runtime_checkable

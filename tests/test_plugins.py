@@ -217,6 +217,14 @@ def test_check_pending_also_covers_extra_plugins():
         load_registry([Typo()])
 
 
+def test_registry_of_some_kinds_calls_only_their_hooks() -> None:
+    registry = load_registry(kinds=["dataset"])
+    assert "chexpert" in registry.names("dataset")
+    assert registry.names("backbone") == [] and registry.names("objective") == []
+    with pytest.raises(KeyError, match="unknown component kinds"):
+        load_registry(kinds=["datasets"])
+
+
 def _public_api() -> set[str]:
     """The module names listed in docs/writing_plugins.md's public-API section."""
     text = (ROOT / "docs" / "writing_plugins.md").read_text(encoding="utf-8")

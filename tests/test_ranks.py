@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medssl.engine.trainer import _Progress
+from medssl.engine.reporting import Progress
 from medssl.ranks import RankZeroFilter, process_rank
 from medssl.testing.pytest_plugin import TINY_RECIPE
 
@@ -58,7 +58,7 @@ def test_filter_keeps_rank_zero_and_warnings_of_others(clean_env) -> None:
 
 
 def test_progress_timing_gives_elapsed_and_eta() -> None:
-    progress = _Progress(total=10, start=2, enabled=False)
+    progress = Progress(total=10, start=2, enabled=False)
     started = progress._started
     assert progress.timing(6, now=started + 20) == "elapsed 0:20, ETA 0:20"
     assert progress.timing(10, now=started + 3725) == "elapsed 1:02:05"

@@ -14,19 +14,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch.utils.data import Dataset
 
 from medssl.data.files import open_regular
 from medssl.data.keys import data_key, dataset_secret, printable_path, show_paths
 from medssl.data.readers import ReadSettings, open_image, read_image
 from medssl.data.robust import LoadFailure, describe_error
-from medssl.data.transforms import resize_and_crop
-from medssl.types import OfficialSplits
+from medssl.official_splits import OfficialSplits
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "META_KEYS",
@@ -114,8 +114,13 @@ def normalise_view(value: Any) -> str | None:
     return text or None
 
 
-class FileDataset(Dataset):
-    """Loads records; subclasses fill ``self.records`` and the label attributes."""
+class FileDataset:
+    """Loads records; subclasses fill ``self.records`` and the label attributes.
+
+    A map-style dataset for ``torch.utils.data.DataLoader`` (``len`` and ``[i]``) that
+    imports torch only when a sample is loaded, so parsing and checking a large table
+    (``medssl validate --data-only``) stays free of torch.
+    """
 
     Options: ClassVar[type[BaseModel]] = CommonOptions
     has_text: ClassVar[bool] = False
@@ -190,6 +195,8 @@ class FileDataset(Dataset):
         return frame if isinstance(frame, int) else None
 
     def _label_tensor(self, label: Any) -> torch.Tensor:
+        import torch
+
         if self.task == "multiclass":
             return torch.tensor(int(label), dtype=torch.long)
         return torch.as_tensor(np.asarray(label, dtype=np.float32))
@@ -201,6 +208,8 @@ class FileDataset(Dataset):
         mask = None
         if record.mask_path is not None:
             mask = read_mask(record.mask_path, self._frame_for(record), self.read_settings)
+        from medssl.data.transforms import resize_and_crop
+
         image_t, mask_t = resize_and_crop(image, self.image_size, mask)
         sample: dict[str, Any] = {
             "image": image_t,

@@ -33,7 +33,7 @@ from medssl.data.base import (
 from medssl.data.large import ColumnRecords, check_files
 from medssl.data.robust import resolve_under_root
 from medssl.data.tables import find_table, iter_rows, require_columns
-from medssl.types import OfficialSplits
+from medssl.official_splits import OfficialSplits
 
 __all__ = ["CHEXPERT_OBSERVATIONS", "CheXpert", "chexpert_value"]
 

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from medssl.data.base import CommonOptions
 from medssl.data.manifest import CsvManifest
-from medssl.types import OfficialSplits
+from medssl.official_splits import OfficialSplits
 
 __all__ = ["DEMO_MASK_NAMES", "DemoCXR", "default_demo_root"]
 

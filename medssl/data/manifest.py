@@ -29,7 +29,7 @@ from medssl.data.base import (
 )
 from medssl.data.robust import resolve_under_root
 from medssl.data.tables import find_table, read_table, require_columns
-from medssl.types import OfficialSplits
+from medssl.official_splits import OfficialSplits
 
 __all__ = ["CsvManifest", "parse_float"]
 

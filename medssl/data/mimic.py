@@ -28,7 +28,7 @@ from medssl.data.base import CommonOptions, FileDataset, normalise_view, resolve
 from medssl.data.chexpert import CHEXPERT_OBSERVATIONS, UncertainPolicy, chexpert_value
 from medssl.data.large import ColumnRecords, check_files
 from medssl.data.tables import find_table, iter_rows, require_columns
-from medssl.types import OfficialSplits
+from medssl.official_splits import OfficialSplits
 
 __all__ = ["MimicCxrJpg", "report_text"]
 

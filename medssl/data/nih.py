@@ -32,7 +32,7 @@ from medssl.data.base import (
 from medssl.data.files import scan_folder
 from medssl.data.large import ColumnRecords
 from medssl.data.tables import find_column, find_table, iter_rows
-from medssl.types import OfficialSplits
+from medssl.official_splits import OfficialSplits
 
 __all__ = ["NIH_FINDINGS", "NIH_TABLES", "NIHChestXray14"]
 

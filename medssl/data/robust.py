@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from medssl.data.files import DataFileError
 from medssl.data.keys import show_paths
 
@@ -115,6 +113,8 @@ def collate(samples: Sequence[Any]) -> dict[str, Any]:
     batch: dict[str, Any] = {"failures": failures}
     if not good:
         return batch
+    import torch  # here, not at import: table checks load this module without torch
+
     batch["image"] = torch.stack([s["image"] for s in good])
     for key in ("label", "mask"):
         present = [key in s for s in good]

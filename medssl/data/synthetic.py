@@ -11,15 +11,17 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch.utils.data import Dataset
 
 __all__ = ["SyntheticImages"]
 
 
-class SyntheticImages(Dataset):
-    """Deterministic procedural images with a class label (and optional mask / text)."""
+class SyntheticImages:
+    """Deterministic procedural images with a class label (and optional mask / text).
+
+    A map-style dataset; torch is imported by ``__getitem__`` only, so registering the
+    built-in datasets stays free of torch (``medssl validate --data-only``).
+    """
 
     task = "multiclass"
     mask_names = ["background", "disc"]
@@ -64,6 +66,8 @@ class SyntheticImages(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(index)
+        import torch
+
         opts = self.options
         g = torch.Generator().manual_seed(opts.seed * 1_000_003 + index)
         size, label = opts.image_size, index % opts.num_classes

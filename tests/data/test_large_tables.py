@@ -103,3 +103,60 @@ def test_nih_table_variants(tmp_path: Path) -> None:
     assert len(ds) == 3 and ds.records[2].meta == {"age": 60.0, "sex": "F", "view": "PA"}
     assert ds.groups() == ["00000007", "00000007", "00000009"]  # from the image names
     assert len(NIHChestXray14(root=str(tmp_path), table="Data_Entry_2017.csv")) == 1
+
+
+def _data_only_recipe(tmp_path: Path, tiny_recipe: Path) -> Path:
+    import yaml
+
+    config = yaml.safe_load(tiny_recipe.read_text())
+    config["data"] = {"name": "chexpert", "root": str(tmp_path), "image_size": 64}
+    tiny_recipe.write_text(yaml.safe_dump(config))
+    return tiny_recipe
+
+
+def test_validate_data_only_checks_the_table_and_an_image(
+    tmp_path: Path,
+    monkeypatch,
+    tiny_recipe: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from click.testing import CliRunner
+
+    import medssl.data.check
+    from medssl.cli import main
+
+    root = _chexpert(tmp_path)
+    recipe = _data_only_recipe(tmp_path, tiny_recipe)
+    monkeypatch.setattr(medssl.data.check, "sampled_file_checks", lambda: sampled_file_checks(2))
+    result = CliRunner().invoke(main, ["validate", str(recipe), "--data-only"])
+    assert result.exit_code == 0, result.output
+    assert "file existence checked on a seeded sample of 2" in result.output
+    assert "first readable image: 8×8, 1 channel(s)" in result.output
+    assert "data valid" in result.output and "were not checked" in result.output
+    # every image unreadable: one line with the reason class, no path
+    for jpeg in root.rglob("*.jpg"):
+        jpeg.write_bytes(b"not a jpeg")
+    result = CliRunner().invoke(main, ["validate", str(recipe), "--data-only"])
+    assert result.exit_code == 1
+    assert "none of the first 6 images could be read" in result.output
+    assert "patient9000" not in result.output and "Traceback" not in result.output
+    # a bad option is named by its key, as the full check does
+    result = CliRunner().invoke(main, ["validate", str(recipe), "--data-only", "data.rooot=x"])
+    assert result.exit_code == 1 and "data.rooot: unknown option" in result.output
+
+
+def test_validate_data_only_never_imports_torch(tmp_path: Path, tiny_recipe: Path) -> None:
+    """What makes it light: the dataset kind alone is loaded (plugins included)."""
+    import subprocess
+    import sys
+
+    _chexpert(tmp_path)
+    recipe = _data_only_recipe(tmp_path, tiny_recipe)
+    code = (
+        "import sys\nfrom medssl.cli import main\n"
+        f"main(['validate', {str(recipe)!r}, '--data-only'], standalone_mode=False)\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'timm', 'kornia'})\n"
+        "print('heavy:', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "data valid" in out.stdout and "heavy: []" in out.stdout

@@ -273,10 +273,10 @@ def test_fsdp_on_the_cpu_names_the_recipe_keys() -> None:
     from types import SimpleNamespace
 
     from medssl.config import RecipeError
-    from medssl.engine.trainer import _make_fabric
+    from medssl.engine.fabric_setup import make_fabric
 
     train = SimpleNamespace(
         precision="32", accelerator="cpu", strategy="fsdp", devices=2, num_nodes=1
     )
     with pytest.raises(RecipeError, match=r"train.strategy: 'fsdp' .* train.accelerator is 'cpu'"):
-        _make_fabric(train)
+        make_fabric(train)

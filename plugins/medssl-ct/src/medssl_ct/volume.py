@@ -30,18 +30,18 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from medssl.data import LoadFailure, VolumeReadError, describe_error
 from medssl.data.keys import data_key, dataset_secret, printable_path, show_paths
-from medssl.types import OfficialSplits
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from medssl.types import OfficialSplits
 
 __all__ = ["CTVolume", "HU_RANGE", "VolumeEntry", "decode_hu", "encode_hu"]
 
@@ -163,8 +163,11 @@ def _display_plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     return np.ascontiguousarray(plane.T[::-1, ::-1])
 
 
-class CTVolume(Dataset):
-    """CT / MR volumes as 2D slices, 2.5D slabs or 3D patches (module docstring)."""
+class CTVolume:
+    """CT / MR volumes as 2D slices, 2.5D slabs or 3D patches (module docstring).
+
+    A map-style dataset that imports torch when a sample is loaded, not with the plugin.
+    """
 
     task = None
     has_text = False
@@ -309,6 +312,8 @@ class CTVolume(Dataset):
     @classmethod
     def official_splits(cls, **options: Any) -> OfficialSplits:
         # Blocks of slices of every volume on each side: a volume sits on both sides.
+        from medssl.types import OfficialSplits  # medssl.types imports torch
+
         return OfficialSplits(train="train", val="val", disjoint=False)
 
     def groups(self) -> list[str | None]:
@@ -355,6 +360,8 @@ class CTVolume(Dataset):
         return table[np.clip(labels, 0, len(table) - 1)]
 
     def _square(self, planes: Tensor, fill: float, mode: str) -> Tensor:
+        import torch.nn.functional as F  # noqa: N812  (torch loads with a sample)
+
         """Pad ``[C, H, W]`` to a square (centred) with ``fill``, resize to ``image_size``."""
         _, h, w = planes.shape
         side = max(h, w)
@@ -369,6 +376,8 @@ class CTVolume(Dataset):
 
     def load(self, index: int) -> dict[str, Any]:
         """The sample at ``index``; raises on a bad volume (``__getitem__`` does not)."""
+        import torch  # with a sample, not with the plugin: table checks stay light
+
         o = self.options
         volume, position = self._locate(index)
         image_path, mask_path, _ = self.volumes[volume]
@@ -401,6 +410,9 @@ class CTVolume(Dataset):
         lo: float,
         hi: float,
     ) -> dict[str, Any]:
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
         o = self.options
         p = o.patch_voxels
         # [X, Y, Z] -> [Z, Y, X]: depth, height, width
