@@ -27,9 +27,6 @@ PACKAGE = ROOT / "medssl"
 #: Modules allowed above MAX_LINES: generated-style kernel code kept in one file so that
 #: Triton's JIT sees every kernel and its launch helper together.
 LONG_MODULES = {"medssl/losses/triton_kernels.py"}
-#: Over the limit today, to be split under issue #16; each entry must still be over the
-#: limit (the test fails once one is split, so the entry is removed with the split).
-NOT_YET_SPLIT: set[str] = set()
 MAX_LINES = 500
 
 
@@ -161,14 +158,9 @@ def test_no_module_above_the_line_limit() -> None:
         str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines())
         for path in _modules().values()
     }
-    too_long = {
-        name: n
-        for name, n in sizes.items()
-        if n > MAX_LINES and name not in LONG_MODULES | NOT_YET_SPLIT
-    }
+    too_long = {name: n for name, n in sizes.items() if n > MAX_LINES and name not in LONG_MODULES}
     assert not too_long, f"split these into modules of one job each: {too_long}"
-    split_already = sorted(name for name in NOT_YET_SPLIT if sizes.get(name, 0) <= MAX_LINES)
-    assert not split_already, f"remove from NOT_YET_SPLIT: {split_already}"
+    assert all(sizes[name] > MAX_LINES for name in LONG_MODULES), "LONG_MODULES is stale"
 
 
 def test_every_module_names_its_job_in_its_first_docstring_line() -> None:
