@@ -1,4 +1,5 @@
-"""The shape of the package: no import cycles, modules of one job, light core imports.
+"""The shape of the package: no import cycles, no private names imported across modules,
+one job per module (under 500 lines), light core imports.
 
 The import graph is read from the source with :mod:`ast`, not by importing: an edge
 ``a -> b`` is any ``import``/``from ... import`` of medssl module ``b`` in ``a``, at module
@@ -151,6 +152,28 @@ def test_graph_sees_function_level_and_relative_imports() -> None:
     assert "medssl.losses.triton_kernels" in graph["medssl.losses.centering"]
     assert "medssl.losses.sinkhorn" in graph["medssl.losses.triton_kernels"]
     assert "medssl.config" in graph["medssl.eval.encoder"]
+
+
+def private_imports() -> list[str]:
+    """``file:line: module._name`` for every private name one medssl module imports from
+    another (a shared helper belongs in a module where it is public)."""
+    found = []
+    for module, path in _modules().items():
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                continue
+            if not node.module.startswith("medssl") or node.module == module:
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{alias.name}"
+                    )
+    return found
+
+
+def test_no_module_imports_private_names_of_another() -> None:
+    assert not private_imports()
 
 
 def test_no_module_above_the_line_limit() -> None:
