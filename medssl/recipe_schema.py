@@ -1,4 +1,4 @@
-"""The recipe's schema: the top level and ``train:`` block a recipe may hold, and its errors.
+"""The recipe's schema: what its top level and its ``train:`` block may hold.
 
 :class:`Recipe` checks the top level and :class:`TrainOptions` the ``train:`` block; each
 component block stays a plain mapping here, checked by its factory's own ``Options`` when

@@ -1,4 +1,7 @@
-"""``metrics.csv``; the plots are in :mod:`medssl.engine.plots`, trackers in :mod:`medssl.engine.loggers`."""
+"""Writes ``metrics.csv``: one row per logged step, kept across resumes.
+
+The plots are in :mod:`medssl.engine.plots`, the trackers in :mod:`medssl.engine.loggers`.
+"""
 
 from __future__ import annotations
 
