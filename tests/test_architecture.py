@@ -1,4 +1,5 @@
-"""The shape of the package: no import cycles, modules of one job, light core imports.
+"""The shape of the package: no import cycles, no private names imported across modules,
+one job per module (under 500 lines), light core imports.
 
 The import graph is read from the source with :mod:`ast`, not by importing: an edge
 ``a -> b`` is any ``import``/``from ... import`` of medssl module ``b`` in ``a``, at module
@@ -27,9 +28,6 @@ PACKAGE = ROOT / "medssl"
 #: Modules allowed above MAX_LINES: generated-style kernel code kept in one file so that
 #: Triton's JIT sees every kernel and its launch helper together.
 LONG_MODULES = {"medssl/losses/triton_kernels.py"}
-#: Over the limit today, to be split under issue #16; each entry must still be over the
-#: limit (the test fails once one is split, so the entry is removed with the split).
-NOT_YET_SPLIT: set[str] = set()
 MAX_LINES = 500
 
 
@@ -156,19 +154,36 @@ def test_graph_sees_function_level_and_relative_imports() -> None:
     assert "medssl.config" in graph["medssl.eval.encoder"]
 
 
+def private_imports() -> list[str]:
+    """``file:line: module._name`` for every private name one medssl module imports from
+    another (a shared helper belongs in a module where it is public)."""
+    found = []
+    for module, path in _modules().items():
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+                continue
+            if not node.module.startswith("medssl") or node.module == module:
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{alias.name}"
+                    )
+    return found
+
+
+def test_no_module_imports_private_names_of_another() -> None:
+    assert not private_imports()
+
+
 def test_no_module_above_the_line_limit() -> None:
     sizes = {
         str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines())
         for path in _modules().values()
     }
-    too_long = {
-        name: n
-        for name, n in sizes.items()
-        if n > MAX_LINES and name not in LONG_MODULES | NOT_YET_SPLIT
-    }
+    too_long = {name: n for name, n in sizes.items() if n > MAX_LINES and name not in LONG_MODULES}
     assert not too_long, f"split these into modules of one job each: {too_long}"
-    split_already = sorted(name for name in NOT_YET_SPLIT if sizes.get(name, 0) <= MAX_LINES)
-    assert not split_already, f"remove from NOT_YET_SPLIT: {split_already}"
+    assert all(sizes[name] > MAX_LINES for name in LONG_MODULES), "LONG_MODULES is stale"
 
 
 def test_every_module_names_its_job_in_its_first_docstring_line() -> None:

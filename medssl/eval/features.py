@@ -96,28 +96,15 @@ class Splits:
 
 
 def build_dataset(registry: Registry, block: dict[str, Any], where: str) -> Dataset:
-    """Validate a data block with its adapter's ``Options`` and build it."""
-    from pydantic import ValidationError
+    """Validate a data block with its adapter's ``Options`` and build it, as a recipe's
+    blocks are (:func:`medssl.config.validate_block`, :func:`medssl.config.build_component`)."""
+    from medssl.config import RecipeError, build_component, validate_block
 
-    from medssl.config import RecipeError, _pydantic_error
-
-    block = dict(block)
-    name = block.pop("name", None)
-    if name is None:
+    if isinstance(block, dict) and block.get("name") is None:
         raise RecipeError(
             "required key is missing (the dataset to evaluate on)", None, f"{where}.name"
         )
-    component = registry.get("dataset", str(name))
-    model = component.options_model
-    if model is not None:
-        try:
-            block = model.model_validate(block).model_dump()
-        except ValidationError as exc:
-            raise _pydantic_error(exc, "", where, list(model.model_fields)) from None
-    try:
-        return component.factory(**block)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        raise RecipeError(f"dataset {name!r} could not be built: {exc}", None, where) from exc
+    return build_component(registry, validate_block(registry, "dataset", block, where, ""))
 
 
 @torch.no_grad()

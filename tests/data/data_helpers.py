@@ -17,6 +17,17 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "data"
 
 
+def pydicom_test_file(name: str) -> Path:
+    """A small DICOM file shipped inside pydicom's wheel (``pydicom/data/test_files``):
+    always present where medssl is installed, unlike the real scans of
+    :func:`shared_data_dir`. Read from the folder, never through pydicom's downloader."""
+    import pydicom.data
+
+    path = Path(pydicom.data.__file__).parent / "test_files" / name
+    assert path.is_file(), f"pydicom's wheel has no test file {name}"
+    return path
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("MEDSSL_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -11,7 +11,7 @@ import nrrd
 import numpy as np
 import pytest
 import torch
-from data_helpers import FIXTURES, gradient, write_png
+from data_helpers import FIXTURES, gradient, pydicom_test_file, write_png
 from PIL import Image
 
 from medssl.builtins.datasets import DATASETS
@@ -63,11 +63,11 @@ def test_registered_names() -> None:
             factory.Options(root=".", bogus=1)
 
 
-def test_image_folder_mixed_formats(tmp_path: Path, pydicom_data: Path) -> None:
+def test_image_folder_mixed_formats(tmp_path: Path) -> None:
     write_png(tmp_path / "cats" / "a.png", gradient(20, 30))
     write_png(tmp_path / "cats" / "deep" / "b.png", gradient(20, 30, np.uint16))
     _jpg(tmp_path / "dogs" / "c.jpg")
-    shutil.copy(pydicom_data / "emri_small.dcm", tmp_path / "dogs" / "d.dcm")
+    shutil.copy(pydicom_test_file("SC_rgb_rle_2frame.dcm"), tmp_path / "dogs" / "d.dcm")
     (tmp_path / "dogs" / "notes.txt").write_text("ignored")
     ds = ImageFolder(root=str(tmp_path), image_size=8, channels=3)
     assert len(ds) == 4 and ds.label_names is None and not ds.has_text
@@ -77,13 +77,13 @@ def test_image_folder_mixed_formats(tmp_path: Path, pydicom_data: Path) -> None:
     assert labelled.label_names == ["cats", "dogs"] and labelled.task == "multiclass"
     assert [int(labelled[i]["label"]) for i in range(4)] == [0, 0, 1, 1]
     frames = ImageFolder(root=str(tmp_path), image_size=8, frame="all")
-    assert len(frames) == 3 + 10  # every frame of the 10-frame MR
+    assert len(frames) == 3 + 2  # every frame of the 2-frame DICOM
     assert not torch.equal(frames[3]["image"], frames[4]["image"])
     nrrd.write(
         str(tmp_path / "dogs" / "v.nrrd"), np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
     )
     slices = ImageFolder(root=str(tmp_path), image_size=8, frame="all", slice_axis=0)
-    assert len(slices) == 13 + 4  # plus every slice of the volume along axis 0
+    assert len(slices) == 5 + 4  # plus every slice of the volume along axis 0
     assert {r.frame for r in slices.records if r.path.endswith(".nrrd")} == {0, 1, 2, 3}
     with pytest.raises(FileNotFoundError, match="no readable image"):
         ImageFolder(root=str(FIXTURES / "chexpert"))

@@ -1,4 +1,9 @@
-"""The DICOM pixel pipeline against pydicom's own operators, on every real file."""
+"""The DICOM pixel pipeline against pydicom's own operators.
+
+Two sets of files: the small DICOMs inside pydicom's wheel (always there: every check of
+the pipeline runs on them, MONOCHROME1 and a modality LUT written from them), and every
+file of pydicom-data 1.0.0 (real radiographs and the rarer encodings; skipped when those
+scans are not beside the repository, see ``MEDSSL_SHARED_DATA``)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from data_helpers import pydicom_test_file
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from medssl.data import DicomReadError, read_dicom
@@ -47,8 +53,12 @@ def test_every_file_is_listed(pydicom_data: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_file_reads_or_fails_clearly(pydicom_data: Path, name: str) -> None:
-    path = pydicom_data / name
-    expected = EXPECTED[name]
+    _reads_or_fails_clearly(pydicom_data / name, EXPECTED[name])
+
+
+def _reads_or_fails_clearly(path: Path, expected: str) -> None:
+    """``expected``: "ok", "ok-or-decoder" (ok where a decoder is installed) or the words
+    of the one-line error."""
     if expected == "ok-or-decoder":
         expected = "ok" if _decoder_available(pydicom.dcmread(path)) else DECODER_ERROR
     if expected == "ok":
@@ -175,7 +185,137 @@ def test_not_dicom(tmp_path: Path) -> None:
 
 
 def test_errors_do_not_quote_tag_values(tmp_path: Path, pydicom_data: Path) -> None:
-    ds = pydicom.dcmread(pydicom_data / "emri_small.dcm")
+    info = _truncated_read_error(tmp_path, pydicom_data / "emri_small.dcm")
+    from medssl.data.robust import describe_error
+
+    reason = describe_error(info.value, paths=False)
+    assert reason.startswith("DicomReadError: ") and "DOE" not in reason
+
+
+# --------------------------------------------------------------- pydicom's wheel files
+
+WHEEL_EXPECTED = {
+    "CT_small.dcm": "ok",
+    "MR_small.dcm": "ok",
+    "MR_small_RLE.dcm": "ok",
+    "MR_small_jp2klossless.dcm": "ok-or-decoder",
+    "JPEG2000.dcm": "ok-or-decoder",
+    "examples_rgb_color.dcm": "ok",
+    "examples_palette.dcm": "ok",
+    "examples_ybr_color.dcm": "ok-or-decoder",
+    "SC_rgb_rle_16bit.dcm": "ok",
+    "liver_1frame.dcm": "modality SEG object is not an image",
+    "rtdose.dcm": "modality RTDOSE object is not an image",
+}
+
+
+@pytest.mark.parametrize("name", sorted(WHEEL_EXPECTED))
+def test_wheel_files_read_or_fail_clearly(name: str) -> None:
+    _reads_or_fails_clearly(pydicom_test_file(name), WHEEL_EXPECTED[name])
+
+
+def _pipeline_reference(ds: pydicom.Dataset) -> np.ndarray:
+    return np.asarray(apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds), np.float64)
+
+
+def _monochrome1_copy(tmp_path: Path) -> Path:
+    """MR_small stored as MONOCHROME1 (bright = low values), as many radiographs are."""
+    ds = pydicom.dcmread(pydicom_test_file("MR_small.dcm"))
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "mono1.dcm")
+    return tmp_path / "mono1.dcm"
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "monochrome1"])
+def test_wheel_grayscale_matches_pydicom_pipeline(tmp_path: Path, name: str) -> None:
+    """As on the real scans: pydicom's modality + VOI output, affinely scaled (inverted
+    for MONOCHROME1), clipped where pydicom's output saturates."""
+    path = _monochrome1_copy(tmp_path) if name == "monochrome1" else pydicom_test_file(name)
+    ds = pydicom.dcmread(path)
+    reference = _pipeline_reference(ds)
+    ours = read_dicom(path)[0]
+    inner = (ours > 1e-6) & (ours < 1 - 1e-6)
+    slope, residual = _affine_fit(ours[inner], reference[inner])
+    assert residual < 1e-4
+    assert (slope < 0) == (ds.PhotometricInterpretation == "MONOCHROME1")
+    if "WindowCenter" in ds:  # MR_small's window clips: reading without it must differ
+        assert not np.allclose(read_dicom(path, voi=False)[0], ours, atol=1e-3)
+
+
+def test_wheel_modality_lut_sequence_is_applied(tmp_path: Path) -> None:
+    """A Modality LUT Sequence (a curved LUT here) replaces the rescale: ours is the
+    min-max of pydicom's LUT output, not of the stored values."""
+    ds = pydicom.dcmread(pydicom_test_file("MR_small.dcm"))
+    n = int(ds.pixel_array.max()) + 1
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [n, 0, 16]
+    item.ModalityLUTType = "US"
+    curve = np.round(np.sqrt(np.arange(n) / (n - 1)) * 65535).astype("<u2")
+    item.add_new(0x00283006, "OW", curve.tobytes())  # LUT Data
+    ds.ModalityLUTSequence = pydicom.Sequence([item])
+    ds.save_as(tmp_path / "mlut.dcm")
+    ds = pydicom.dcmread(tmp_path / "mlut.dcm")
+    lut = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    stored = ds.pixel_array.astype(np.float64)
+    assert not np.allclose(
+        (lut - lut.min()) / np.ptp(lut), (stored - stored.min()) / np.ptp(stored)
+    )
+    ours = read_dicom(tmp_path / "mlut.dcm", voi=False)[0]
+    np.testing.assert_allclose(ours, (lut - lut.min()) / np.ptp(lut), atol=1e-6)
+
+
+def test_wheel_compressed_equals_uncompressed() -> None:
+    plain = read_dicom(pydicom_test_file("MR_small.dcm"))
+    np.testing.assert_array_equal(read_dicom(pydicom_test_file("MR_small_RLE.dcm")), plain)
+    j2k = pydicom_test_file("MR_small_jp2klossless.dcm")
+    if not _decoder_available(pydicom.dcmread(j2k)):
+        with pytest.raises(DicomReadError, match=DECODER_ERROR):
+            read_dicom(j2k)
+        return
+    np.testing.assert_array_equal(read_dicom(j2k), plain)
+
+
+def test_wheel_colour_images() -> None:
+    path = pydicom_test_file("examples_rgb_color.dcm")
+    rgb = read_dicom(path)
+    expected = np.moveaxis(pydicom.dcmread(path).pixel_array, -1, 0) / 255.0
+    np.testing.assert_allclose(rgb, expected, atol=1e-6)
+    path16 = pydicom_test_file("SC_rgb_rle_16bit.dcm")
+    expected16 = np.moveaxis(pydicom.dcmread(path16).pixel_array, -1, 0) / 65535.0
+    np.testing.assert_allclose(read_dicom(path16), expected16, atol=1e-6)
+    grey = read_image(path, ReadSettings(channels=1))
+    np.testing.assert_allclose(grey[0], 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2], atol=1e-5)
+
+
+def test_wheel_palette_colour() -> None:
+    path = pydicom_test_file("examples_palette.dcm")
+    ds = pydicom.dcmread(path)
+    depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    expected = apply_color_lut(ds.pixel_array, ds) / (2**depth - 1)
+    np.testing.assert_allclose(read_dicom(path), np.moveaxis(expected, -1, 0), atol=1e-6)
+
+
+def test_wheel_multiframe_selection() -> None:
+    path = pydicom_test_file("SC_rgb_rle_2frame.dcm")
+    frames = pydicom.dcmread(path).pixel_array
+    assert count_dicom_frames(path) == 2
+    for index in (0, 1):
+        expected = np.moveaxis(frames[index], -1, 0) / 255.0
+        np.testing.assert_allclose(read_dicom(path, frame=index), expected, atol=1e-6)
+    assert not np.array_equal(read_dicom(path, frame=0), read_dicom(path, frame=1))
+    np.testing.assert_array_equal(read_dicom(path, frame="first"), read_dicom(path, frame=0))
+    with pytest.raises(DicomReadError, match="out of range"):
+        read_dicom(path, frame=2)
+
+
+def test_wheel_errors_do_not_quote_tag_values(tmp_path: Path) -> None:
+    _truncated_read_error(tmp_path, pydicom_test_file("MR_small.dcm"))
+
+
+def _truncated_read_error(tmp_path: Path, source: Path) -> pytest.ExceptionInfo[DicomReadError]:
+    """The error of reading ``source`` with a name and ID set, its pixel data cut short:
+    it must quote neither."""
+    ds = pydicom.dcmread(source)
     ds.PatientName, ds.PatientID = "DOE^JANE", "PID12345"
     ds.save_as(tmp_path / "x.dcm")
     data = (tmp_path / "x.dcm").read_bytes()
@@ -183,7 +323,4 @@ def test_errors_do_not_quote_tag_values(tmp_path: Path, pydicom_data: Path) -> N
     with pytest.raises(DicomReadError) as info:
         read_dicom(tmp_path / "cut.dcm")
     assert "DOE" not in str(info.value) and "PID12345" not in str(info.value)
-    from medssl.data.robust import describe_error
-
-    reason = describe_error(info.value, paths=False)
-    assert reason.startswith("DicomReadError: ") and "DOE" not in reason
+    return info

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
-from data_helpers import REPO, write_png
+from data_helpers import REPO, pydicom_test_file, write_png
 from PIL import Image
 
 from medssl.cli_data import prepare as prepare_command
@@ -33,14 +33,14 @@ def _rows(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_prepare_outputs_and_no_phi(tmp_path: Path, pydicom_data: Path) -> None:
+def test_prepare_outputs_and_no_phi(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "DOE_JANE").mkdir(parents=True)
-    ds = pydicom.dcmread(pydicom_data / "MR2_UNCR.dcm")
+    ds = pydicom.dcmread(pydicom_test_file("MR_small.dcm"))
     ds.PatientName, ds.PatientID = "DOE^JANE", "PID12345"
     ds.save_as(src / "DOE_JANE" / "mr.dcm")
-    shutil.copy(pydicom_data / "US1_UNCR.dcm", src / "us.dcm")
-    shutil.copy(pydicom_data / "liver.dcm", src / "seg.dcm")
+    shutil.copy(pydicom_test_file("examples_rgb_color.dcm"), src / "us.dcm")
+    shutil.copy(pydicom_test_file("liver_1frame.dcm"), src / "seg.dcm")
     write_png(src / "wide.png", np.tile(np.arange(0, 240, 2, dtype=np.uint8), (60, 1)))
     out = tmp_path / "out"
     result = CliRunner().invoke(  # --keep-labels: seg.dcm is read (and fails) as before
@@ -59,7 +59,7 @@ def test_prepare_outputs_and_no_phi(tmp_path: Path, pydicom_data: Path) -> None:
     with Image.open(out / mr["path"]) as img:
         assert img.mode.startswith("I") and img.size == (32, 32)
     us = rows[output_key("us.dcm", src)]
-    # 480x640 RGB: aspect kept, converted to grey (chest X-ray training is single-channel)
+    # 240x320 RGB: aspect kept, converted to grey (chest X-ray training is single-channel)
     assert (us["height"], us["width"], us["bits"], us["channels"]) == ("32", "43", "16", "1")
     wide = rows[output_key("wide.png", src)]
     assert (wide["height"], wide["width"]) == ("32", "64")

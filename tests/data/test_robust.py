@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import REPO, write_png
+from data_helpers import REPO, pydicom_test_file, write_png
 from torch.utils.data import DataLoader
 
 from medssl.data import (
@@ -100,7 +100,7 @@ def _corrupt_copies(sources: list[Path], out: Path) -> int:
     return n
 
 
-def test_fuzz_corrupt_files_are_counted_not_fatal(tmp_path: Path, pydicom_data: Path) -> None:
+def test_fuzz_corrupt_files_are_counted_not_fatal(tmp_path: Path) -> None:
     demo_png = next((REPO / "data" / "demo" / "images").rglob("*.png"), None)
     if demo_png is None:
         demo_png = write_png(
@@ -108,15 +108,15 @@ def test_fuzz_corrupt_files_are_counted_not_fatal(tmp_path: Path, pydicom_data: 
             np.random.default_rng(1).integers(0, 255, (96, 96), dtype=np.uint8),
         )
     sources = [
-        pydicom_data / "emri_small.dcm",
-        pydicom_data / "vlut_04.dcm",
-        pydicom_data / "SC_rgb_16bit.dcm",
+        pydicom_test_file("MR_small.dcm"),
+        pydicom_test_file("CT_small.dcm"),
+        pydicom_test_file("SC_rgb_rle_16bit.dcm"),
         demo_png,
     ]
     root = tmp_path / "root"
     root.mkdir()
     n = _corrupt_copies(sources, root)
-    shutil.copy(pydicom_data / "emri_small.dcm", root / "good.dcm")
+    shutil.copy(pydicom_test_file("MR_small.dcm"), root / "good.dcm")
     ds = ImageFolder(root=str(root), image_size=16)
     assert len(ds) == n + 1
     tracker = LoadFailures(max_failure_share=1.0)

@@ -1,4 +1,5 @@
-"""Where the built-in objectives imported their base from; it is public now, in
+"""The former home of the objectives' base, kept for code that imported it from here:
+:class:`ConfiguredObjective` and :func:`check_divisible` are public in
 :mod:`medssl.objectives`."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 from typing_extensions import Self
 
-from medssl.builtins.objectives.base import ConfiguredObjective, check_divisible
+from medssl.objectives.configured import ConfiguredObjective, check_divisible
 from medssl.types import (
     LearningSignals,
     ObjectiveContext,

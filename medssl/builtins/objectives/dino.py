@@ -26,11 +26,11 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from medssl.builtins.objectives.base import ConfiguredObjective
 from medssl.builtins.objectives.heads import DINOHead, build_teacher_head, load_dinov2_head
 from medssl.engine.diagnostics import MAX_ROWS, collapse_metrics, mean_entropy
 from medssl.engine.schedules import teacher_temperature
 from medssl.losses import PrototypeTargets, prototype_cross_entropy, prototype_targets
+from medssl.objectives.configured import ConfiguredObjective
 from medssl.types import (
     BackboneOutput,
     LearningSignals,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
-from medssl.builtins.objectives.base import ConfiguredObjective
+from medssl.objectives.configured import ConfiguredObjective
 from medssl.types import ObjectiveContext, ObjectiveResult, StepOutputs, ViewRequest
 
 __all__ = ["Distillation", "feature_distance", "load_teacher"]

@@ -70,7 +70,8 @@ _TILE_BYTES = 4 * 2**20
 def _divide_into(v: Tensor, denom: Tensor, dtype: torch.dtype) -> Tensor:
     """``(v / denom).to(dtype)``, through a small reused tile in ``v``'s dtype: computed
     in full precision, rounded once on the store, without a full-size intermediate (a
-    division with a lower-precision ``out=`` makes one; here 2x faster for 65,536 x 256)."""
+    division with a lower-precision ``out=`` makes one; times in benchmarks/RESULTS.md,
+    "Rounding the normalised prototypes to bf16")."""
     out = torch.empty(v.shape, dtype=dtype, device=v.device)
     rows = max(1, _TILE_BYTES // max(1, v.shape[1] * v.element_size()))
     tile = torch.empty(min(rows, v.shape[0]), v.shape[1], dtype=v.dtype, device=v.device)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from medssl.builtins.objectives.base import ConfiguredObjective
 from medssl.losses import koleo
+from medssl.objectives.configured import ConfiguredObjective
 from medssl.types import ObjectiveResult, StepOutputs, ViewRequest
 
 __all__ = ["KoLeo"]
