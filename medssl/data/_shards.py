@@ -6,6 +6,7 @@ the dataset by pickling, and a class defined inside a function cannot be pickled
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -14,6 +15,10 @@ os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # see medssl.data.s
 from litdata import StreamingDataset  # noqa: E402
 
 from medssl.data.robust import LoadFailure, describe_error  # noqa: E402
+
+# litdata logs its cache budget and folders at INFO from every worker: keep its warnings.
+if logging.getLogger("litdata").level == logging.NOTSET:
+    logging.getLogger("litdata").setLevel(logging.WARNING)
 
 
 class Shards(StreamingDataset):

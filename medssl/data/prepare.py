@@ -114,12 +114,18 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 
 def decode_for_output(
-    src: str, size: int | None, fmt: Format, settings: ReadSettings, frame: int | None = None
+    src: str,
+    size: int | None,
+    fmt: Format,
+    settings: ReadSettings,
+    frame: int | None = None,
+    shrink_only: bool = False,
 ) -> np.ndarray:
-    """Read, resize (shorter side ``size``; ``None`` keeps it) and quantise one image as
-    ``prepare`` stores it: uint16 for ``png16`` grey, else uint8. Raises on a bad file."""
+    """Read, resize (shorter side ``size``; ``None`` keeps it; ``shrink_only`` never
+    enlarges) and quantise one image as ``prepare`` stores it: uint16 for ``png16`` grey,
+    else uint8. Raises on a bad file."""
     image = read_image(src, settings, frame=frame)
-    if size is not None:
+    if size is not None and not (shrink_only and min(image.shape[-2:]) <= size):
         image = resize_shorter_side(torch.from_numpy(image), size).numpy()
     if fmt == "png16" and image.shape[0] == 1:
         return np.round(image * 65535.0).astype(np.uint16)

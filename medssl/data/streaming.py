@@ -89,6 +89,7 @@ class ShardJob:
     meta: tuple[tuple[str, Any], ...] = ()
     group: int | None = None
     show_paths: bool = False
+    shrink_only: bool = False
 
 
 def decode_job(job: ShardJob) -> tuple[str, np.ndarray | None, str | None]:
@@ -96,7 +97,14 @@ def decode_job(job: ShardJob) -> tuple[str, np.ndarray | None, str | None]:
     from medssl.data.prepare import decode_for_output
 
     try:
-        array = decode_for_output(job.path, job.size, job.fmt, job.settings, job.frame)  # type: ignore[arg-type]
+        array = decode_for_output(
+            job.path,
+            job.size,
+            job.fmt,  # type: ignore[arg-type]
+            job.settings,
+            job.frame,
+            job.shrink_only,
+        )
         return job.key, array, None
     except MemoryError:
         raise
@@ -131,12 +139,8 @@ class ShardReport:
     failures: list[tuple[str, str]] | None = None
 
     def __str__(self) -> str:
-        failed = len(self.failures or [])
         mean = self.shard_bytes / self.shards / 2**20 if self.shards else 0.0
-        return (
-            f"{self.total} source files: {self.written} written, {self.skipped} already done, "
-            f"{failed} failed; {self.shards} shards ({mean:.1f} MiB on average)"
-        )
+        return f"{self.shards} shards ({mean:.1f} MiB on average)"
 
 
 def _write_part(out: Path, part: int, items: list[dict[str, Any]], shard_images: int) -> int:
@@ -382,6 +386,7 @@ def shard_dataset(
                 record.label,
                 meta,
                 group,
+                shrink_only=True,  # the loader resizes; shards never store enlarged images
             )
         )
     info = {
@@ -429,7 +434,7 @@ def _root(options: StreamingOptions) -> str:
     return root
 
 
-class StreamingShards(torch.utils.data.IterableDataset):
+class StreamingShards(torch.utils.data.Dataset):
     """``data.name: streaming``: shards written by ``medssl prepare --format shards``.
 
     Map-style access (``dataset[i]``) serves probes and checks; training iterates through

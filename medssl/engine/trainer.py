@@ -338,6 +338,9 @@ class Trainer:
             # then never draws from the global RNG, so a resumed run's RNG stream matches.
             generator=torch.Generator(),
         )
+        from medssl.data.streaming import make_feed  # litdata's loader for data.name: streaming
+
+        self.feed = make_feed(self.dataset, opts.batch_size, opts.num_workers, seed)
         rank = self.fabric.global_rank
         self.generator = torch.Generator(device=self.fabric.device)
         self.generator.manual_seed(seed * 1000 + rank)
@@ -391,6 +394,8 @@ class Trainer:
                 start_step = int(state["step"])
                 self.failures_total = state.get("failures_total", 0)
                 self.diagnostics_state = state.get("diagnostics")
+                if self.feed is not None and state.get("data"):
+                    self.feed.load_state_dict(state["data"])
                 log.info("resumed from %s (step %d)", latest, start_step)
         else:
             check_output_dir(run_dir, False, self.recipe.source)
@@ -479,6 +484,7 @@ class Trainer:
                 "diagnostics": diagnostics.state_dict() if diagnostics is not None else None,
                 "world_size": self.fabric.world_size,
                 "recipe": canonical_recipe(self.recipe),
+                "data": self.feed.state_dict() if self.feed is not None else None,
             }
             path = ckpt.save_checkpoint(
                 self.run_dir / "checkpoints",
@@ -569,6 +575,8 @@ class Trainer:
         accum = self.train_opts.grad_accumulation
         micro_per_epoch = self.steps_per_epoch * accum
         micro = start_step * accum
+        if self.feed is not None:
+            yield from self.feed.batches(micro, micro_per_epoch, self.epoch_end_check)
         while True:
             epoch, offset = divmod(micro, micro_per_epoch)
             self.sampler.set_epoch(epoch, start=offset * self.train_opts.batch_size)
