@@ -463,7 +463,9 @@ class StreamingShards(torch.utils.data.Dataset):
         )
         self.shards.adapter = self
         index_path = Path(self.shards.input_dir.path) / INDEX
-        info = json.loads(index_path.read_text()).get("medssl", {})
+        self.index = json.loads(index_path.read_text())
+        info = self.index.get("medssl", {})
+        self.shards.check_local_chunks()
         if info.get("channels", self.channels) != self.channels:
             raise ValueError(
                 f"streaming: the shards hold {info['channels']}-channel images but "
@@ -515,15 +517,6 @@ class StreamingShards(torch.utils.data.Dataset):
         return iter(self.shards)
 
     # items -> samples ---------------------------------------------------------------
-    def where(self, index: Any) -> str:
-        """A failure's name: the chunk file and the item in it (no source path exists)."""
-        chunk = getattr(index, "chunk_index", None)
-        item = getattr(index, "index", index)
-        if chunk is None:
-            return f"{self.options.root} item {item}"
-        name = self.shards.cache._reader.config._chunks[chunk]["filename"]
-        return f"{name} item {item}"
-
     def to_sample(self, item: dict[str, Any]) -> dict[str, Any]:
         info = json.loads(item["info"])
         array = np.asarray(item["image"])
