@@ -581,7 +581,8 @@ class StreamingFeed:
         label = micro // micro_per_epoch
         on_epoch(label)
         while True:
-            yielded = False
+            # A resumed epoch whose every batch was read before the checkpoint yields none.
+            fresh, yielded = not self.loader.restore, False
             for batch in self.loader:
                 yielded = True
                 yield label, batch
@@ -589,7 +590,7 @@ class StreamingFeed:
                 if micro // micro_per_epoch != label:
                     label = micro // micro_per_epoch
                     on_epoch(label)
-            if not yielded:
+            if not yielded and fresh:
                 raise RuntimeError(
                     "streaming: an epoch of the shards gave this rank no full batch; "
                     "lower train.batch_size or train.num_workers"

@@ -1,0 +1,110 @@
+"""Images/s per loader worker process: raw DICOM, the prepared PNG folder, local shards.
+
+One process decodes and resizes to RAD-DINO's 518 px grey (shorter side 518, centre crop)
+exactly as one DataLoader worker does: ``image_folder`` samples for the DICOMs and PNGs,
+litdata's loader with no worker processes for the shards (the process is the worker). The
+raw files are copies of a real PA chest radiograph (pydicom-data ``RG1_UNCR.dcm``: CR,
+1955x1841, 16 bit); the PNGs and shards are what ``medssl prepare --size 518`` (``--format
+png16`` / ``shards``) writes from them. The three kinds run in alternating rounds (A, B, C,
+A, B, C, ...) and the ratios are medians over the rounds.
+
+From the shards' rate and the RAD-DINO recipe's training throughput on one GPU
+(``TRAIN_IMAGES_PER_S``, benchmarks/RESULTS.md) it gives the loader workers one GPU needs.
+
+Run: ``pytest benchmarks/test_bench_streaming.py --benchmark-enable -s``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from medssl.data import ImageFolder
+from medssl.data.prepare import prepare
+
+pytest.importorskip("litdata")
+
+N_IMAGES = 24
+SIZE = 518
+ROUNDS = 5
+#: RAD-DINO recipe (ViT-B/14, 2 x 518 + 8 x 98 crops, bf16-mixed, batch 40) on one H200,
+#: benchmarks/gpu_train_throughput.py (RESULTS.md, "GPU checks on an H200").
+TRAIN_IMAGES_PER_S = 88.3
+SHARED = Path(
+    os.environ.get("MEDSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    source = SHARED / "pydicom-data-1.0.0" / "RG1_UNCR.dcm"
+    if not source.is_file():
+        pytest.skip(f"{source} not found (set MEDSSL_SHARED_DATA)")
+    root = tmp_path_factory.mktemp("streaming_bench")
+    raw = root / "raw"
+    raw.mkdir()
+    for i in range(N_IMAGES):
+        shutil.copy(source, raw / f"{i:03d}.dcm")
+    prepare(raw, root / "png16", size=SIZE, fmt="png16", workers=2)
+    prepare(raw, root / "shards", size=SIZE, fmt="shards", workers=2, shard_images=8)
+    return {"raw_dicom": raw, "png16": root / "png16" / "images", "shards": root / "shards"}
+
+
+def _folder_pass(root: Path) -> int:
+    dataset = ImageFolder(root=str(root), image_size=SIZE)
+    return sum(dataset[i]["image"].shape[0] for i in range(len(dataset)))
+
+
+def _shards_pass(root: Path) -> int:
+    from medssl.data.streaming import StreamingShards, make_feed
+
+    feed = make_feed(StreamingShards(root=str(root), image_size=SIZE), 8, 0, seed=0)
+    assert feed is not None
+    return sum(batch["image"].shape[0] for batch in feed.loader)
+
+
+def test_images_per_s_per_worker(benchmark, folders: dict[str, Path]) -> None:  # noqa: ANN001
+    passes = {"raw_dicom": _folder_pass, "png16": _folder_pass, "shards": _shards_pass}
+    seconds: dict[str, list[float]] = {kind: [] for kind in passes}
+
+    def rounds() -> None:
+        for _ in range(ROUNDS):
+            for kind, run in passes.items():
+                start = time.perf_counter()
+                assert run(folders[kind]) == N_IMAGES
+                seconds[kind].append(time.perf_counter() - start)
+
+    benchmark.pedantic(rounds, rounds=1, iterations=1)
+    rate = {k: N_IMAGES / statistics.median(v) for k, v in seconds.items()}
+    vs_dicom = statistics.median(
+        d / s for d, s in zip(seconds["raw_dicom"], seconds["shards"], strict=True)
+    )
+    vs_png = statistics.median(
+        p / s for p, s in zip(seconds["png16"], seconds["shards"], strict=True)
+    )
+    workers = math.ceil(TRAIN_IMAGES_PER_S / rate["shards"])
+    with open("/proc/loadavg") as fh:
+        load = fh.read().split()[0]
+    benchmark.extra_info.update(
+        {f"{k}_images_per_s": round(v, 1) for k, v in rate.items()}
+        | {
+            "shards_vs_raw_dicom": round(vs_dicom, 2),
+            "shards_vs_png16": round(vs_png, 2),
+            "workers_per_gpu_rad_dino": workers,
+            "load_average": load,
+        }
+    )
+    print(
+        "\nimages/s per worker: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in rate.items())
+        + f"; shards / raw DICOM x{vs_dicom:.2f}, shards / PNG x{vs_png:.2f} (median of "
+        f"{ROUNDS} alternating rounds); RAD-DINO at {TRAIN_IMAGES_PER_S} images/s per GPU "
+        f"needs {workers} shard worker(s) per GPU; load average {load}"
+    )
+    assert vs_dicom >= 5.0 and vs_png >= 1.0
