@@ -17,13 +17,12 @@ Run: ``pytest benchmarks/test_bench_streaming.py --benchmark-enable -s``.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import statistics
 import time
 from pathlib import Path
 
 import pytest
+from test_bench_loader import raw_radiographs
 
 from medssl.data import ImageFolder
 from medssl.data.prepare import prepare
@@ -36,21 +35,12 @@ ROUNDS = 5
 #: RAD-DINO recipe (ViT-B/14, 2 x 518 + 8 x 98 crops, bf16-mixed, batch 40) on one H200,
 #: benchmarks/gpu_train_throughput.py (RESULTS.md, "GPU checks on an H200").
 TRAIN_IMAGES_PER_S = 88.3
-SHARED = Path(
-    os.environ.get("MEDSSL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    source = SHARED / "pydicom-data-1.0.0" / "RG1_UNCR.dcm"
-    if not source.is_file():
-        pytest.skip(f"{source} not found (set MEDSSL_SHARED_DATA)")
     root = tmp_path_factory.mktemp("streaming_bench")
-    raw = root / "raw"
-    raw.mkdir()
-    for i in range(N_IMAGES):
-        shutil.copy(source, raw / f"{i:03d}.dcm")
+    raw = raw_radiographs(root, N_IMAGES)
     prepare(raw, root / "png16", size=SIZE, fmt="png16", workers=2)
     prepare(raw, root / "shards", size=SIZE, fmt="shards", workers=2, shard_images=8)
     return {"raw_dicom": raw, "png16": root / "png16" / "images", "shards": root / "shards"}
