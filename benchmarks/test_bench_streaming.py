@@ -1,8 +1,9 @@
 """Images/s per loader worker process: raw DICOM, the prepared PNG folder, local shards.
 
-One process decodes and resizes to RAD-DINO's 518 px grey (shorter side 518, centre crop)
-exactly as one DataLoader worker does: ``image_folder`` samples for the DICOMs and PNGs,
-litdata's loader with no worker processes for the shards (the process is the worker). The
+One process with one thread decodes, resizes to RAD-DINO's 518 px grey (shorter side 518,
+centre crop) and collates batches of 8, as one DataLoader worker does: ``image_folder``
+through a DataLoader for the DICOMs and PNGs, litdata's loader for the shards, both with
+no worker processes (the process is the worker; loaders are built once, outside the timing). The
 raw files are copies of a real PA chest radiograph (pydicom-data ``RG1_UNCR.dcm``: CR,
 1955x1841, 16 bit); the PNGs and shards are what ``medssl prepare --size 518`` (``--format
 png16`` / ``shards``) writes from them. The three kinds run in alternating rounds (A, B, C,
@@ -19,12 +20,16 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from test_bench_loader import raw_radiographs
+from torch.utils.data import DataLoader
 
-from medssl.data import ImageFolder
+from medssl.data import ImageFolder, collate
 from medssl.data.prepare import prepare
 
 pytest.importorskip("litdata")
@@ -46,28 +51,30 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"raw_dicom": raw, "png16": root / "png16" / "images", "shards": root / "shards"}
 
 
-def _folder_pass(root: Path) -> int:
-    dataset = ImageFolder(root=str(root), image_size=SIZE)
-    return sum(dataset[i]["image"].shape[0] for i in range(len(dataset)))
-
-
-def _shards_pass(root: Path) -> int:
+def _loaders(folders: dict[str, Path]) -> dict[str, Iterable[dict[str, Any]]]:
+    """Each kind's loader, built once: a pass times the reading, not the set-up."""
     from medssl.data.streaming import StreamingShards, make_feed
 
-    feed = make_feed(StreamingShards(root=str(root), image_size=SIZE), 8, 0, seed=0)
+    loaders: dict[str, Iterable[dict[str, Any]]] = {}
+    for kind in ("raw_dicom", "png16"):
+        dataset = ImageFolder(root=str(folders[kind]), image_size=SIZE)
+        loaders[kind] = DataLoader(dataset, batch_size=8, num_workers=0, collate_fn=collate)
+    feed = make_feed(StreamingShards(root=str(folders["shards"]), image_size=SIZE), 8, 0, seed=0)
     assert feed is not None
-    return sum(batch["image"].shape[0] for batch in feed.loader)
+    loaders["shards"] = feed.loader
+    return loaders
 
 
 def test_images_per_s_per_worker(benchmark, folders: dict[str, Path]) -> None:  # noqa: ANN001
-    passes = {"raw_dicom": _folder_pass, "png16": _folder_pass, "shards": _shards_pass}
-    seconds: dict[str, list[float]] = {kind: [] for kind in passes}
+    torch.set_num_threads(1)  # as in a DataLoader worker process
+    loaders = _loaders(folders)
+    seconds: dict[str, list[float]] = {kind: [] for kind in loaders}
 
     def rounds() -> None:
         for _ in range(ROUNDS):
-            for kind, run in passes.items():
+            for kind, loader in loaders.items():
                 start = time.perf_counter()
-                assert run(folders[kind]) == N_IMAGES
+                assert sum(batch["image"].shape[0] for batch in loader) == N_IMAGES
                 seconds[kind].append(time.perf_counter() - start)
 
     benchmark.pedantic(rounds, rounds=1, iterations=1)
