@@ -434,6 +434,29 @@ def _root(options: StreamingOptions) -> str:
     return root
 
 
+#: The only item serialisers medssl reads: litdata also has ``pickle`` (and others that
+#: unpickle), which would run code from a shard someone else wrote.
+SAFE_FORMATS = {"numpy", "str"}
+
+
+def _check_safe(index: dict[str, Any], root: str) -> None:
+    """Refuse shards that would make litdata unpickle, decrypt or decompress anything."""
+    config = index.get("config") or {}
+    formats = set(config.get("data_format") or [])
+    if not formats or not formats <= SAFE_FORMATS:
+        unsafe = ", ".join(sorted(formats - SAFE_FORMATS)) or "none declared"
+        raise ValueError(
+            f"streaming: the shards under {root!r} declare item formats medssl does not read "
+            f"({unsafe}); only {sorted(SAFE_FORMATS)} are read, so that loading runs no code. "
+            "Write them with `medssl prepare --format shards`"
+        )
+    if config.get("item_loader", "PyTreeLoader") != "PyTreeLoader" or config.get("encryption"):
+        raise ValueError(
+            f"streaming: the shards under {root!r} need an item loader or decryption medssl "
+            "does not use; write them with `medssl prepare --format shards`"
+        )
+
+
 class StreamingShards(torch.utils.data.Dataset):
     """``data.name: streaming``: shards written by ``medssl prepare --format shards``.
 
@@ -464,6 +487,7 @@ class StreamingShards(torch.utils.data.Dataset):
         self.shards.adapter = self
         index_path = Path(self.shards.input_dir.path) / INDEX
         self.index = json.loads(index_path.read_text())
+        _check_safe(self.index, self.options.root)
         info = self.index.get("medssl", {})
         self.shards.check_local_chunks()
         if info.get("channels", self.channels) != self.channels:

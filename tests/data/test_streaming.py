@@ -178,3 +178,15 @@ def test_bad_shards_are_named_and_counted(tmp_path: Path, caplog: Any) -> None:
     lenient.check()  # 50 % failed, 60 % allowed: the run goes on
     with pytest.raises(TooManyLoadFailures, match="chunk-2-0.bin"):
         strict.check()
+
+
+def test_shards_that_would_unpickle_are_refused(tmp_path: Path) -> None:
+    """litdata can store items with pickle; reading such shards would run their code."""
+    src = _sources(tmp_path / "src", n=2)
+    out = tmp_path / "shards"
+    prepare(src, out, size=16, fmt="shards", workers=1, shard_images=4)
+    index = json.loads((out / "index.json").read_text())
+    index["config"]["data_format"] = ["pickle", "str"]
+    (out / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="declare item formats medssl does not read .pickle."):
+        StreamingShards(root=str(out), image_size=16)
