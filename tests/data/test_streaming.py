@@ -190,3 +190,21 @@ def test_shards_that_would_unpickle_are_refused(tmp_path: Path) -> None:
     (out / "index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="declare item formats medssl does not read .pickle."):
         StreamingShards(root=str(out), image_size=16)
+
+
+def test_cli_shards_a_dataset_adapter(tmp_path: Path) -> None:
+    _labelled(tmp_path / "src")
+    args = [str(tmp_path / "src"), str(tmp_path / "out"), "--format", "shards", "--workers", "1"]
+    result = CliRunner().invoke(
+        prepare_command,
+        args + ["--dataset", "csv_manifest", "--set", "label_columns=[y0, y1]", "--size", "16"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "9 source files: 9 written" in result.output
+    shards = StreamingShards(root=str(tmp_path / "out"), image_size=16)
+    assert shards.label_names == ["y0", "y1"] and "label" in shards[0]
+    bad = CliRunner().invoke(prepare_command, args + ["--dataset", "no_such_dataset"])
+    assert bad.exit_code == 1 and "--dataset no_such_dataset" in bad.output
+    assert "Traceback" not in bad.output
+    png = CliRunner().invoke(prepare_command, args[:2] + ["--dataset", "csv_manifest"])
+    assert png.exit_code == 1 and "add --format shards" in png.output
