@@ -33,16 +33,22 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 RATES: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def raw_radiographs(root: Path, n: int = N_IMAGES) -> Path:
+    """``n`` copies of the real radiograph in ``root / "raw"`` (the test skips without it)."""
     source = SHARED / "pydicom-data-1.0.0" / "RG1_UNCR.dcm"
     if not source.is_file():
         pytest.skip(f"{source} not found (set MEDSSL_SHARED_DATA)")
-    root = tmp_path_factory.mktemp("loader_bench")
     raw = root / "raw"
     raw.mkdir()
-    for i in range(N_IMAGES):
+    for i in range(n):
         shutil.copy(source, raw / f"{i:03d}.dcm")
+    return raw
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("loader_bench")
+    raw = raw_radiographs(root)
     out = {"raw_dicom": raw}
     for fmt in ("png16", "png8"):
         prepare(raw, root / fmt, size=SIZE, fmt=fmt, workers=WORKERS)  # type: ignore[arg-type]

@@ -24,8 +24,30 @@ __all__ = ["prepare"]
     "fmt",
     default="png16",
     show_default=True,
-    type=click.Choice(["png8", "png16"]),
-    help="8- or 16-bit grayscale PNG (colour images are converted to grey).",
+    type=click.Choice(["png8", "png16", "shards", "shards8"]),
+    help="8- or 16-bit grayscale PNG (colour images are converted to grey), or the same "
+    "pixels as streaming shards (16- or 8-bit) for data.name: streaming.",
+)
+@click.option(
+    "--shard-images",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per shard (--format shards): the unit of resumption and of streaming.",
+)
+@click.option(
+    "--dataset",
+    "dataset_name",
+    metavar="NAME",
+    help="Shard a registered dataset adapter rooted at SOURCE (labels, whitelisted metadata "
+    "and groups travel with the pixels), e.g. --dataset demo_cxr --set split=train.",
+)
+@click.option(
+    "--set",
+    "dataset_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An option of the --dataset adapter (repeatable; values read as YAML).",
 )
 @click.option(
     "--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Worker processes."
@@ -105,6 +127,9 @@ def prepare(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     keep_labels: bool,
+    shard_images: int,
+    dataset_name: str | None,
+    dataset_options: tuple[str, ...],
 ) -> None:
     """Decode every image under SOURCE once and write compact PNGs + manifest.csv to OUT.
 
@@ -113,7 +138,8 @@ def prepare(
     of the source path (no identifiers). Failures are listed by that key and a reason
     class; --show-paths names the files. Safe to interrupt and rerun: finished files
     are kept. Label and mask files are skipped (--keep-labels); an empty selection
-    exits 1.
+    exits 1. --format shards writes litdata shards instead (a prepared folder as SOURCE
+    is converted, keeping its names); --dataset NAME shards a dataset with its labels.
     """
     from medssl.data.keys import KeyFileError
     from medssl.data.prepare import TooManyPrepareFailures
@@ -137,6 +163,23 @@ def prepare(
 
     select = SourceFilter(include, exclude, keep_labels)
     too_many = None
+    if dataset_name is not None:
+        if not fmt.startswith("shards"):
+            raise click.ClickException("--dataset writes shards: add --format shards")
+        _shard_dataset(
+            source,
+            out,
+            dataset_name,
+            dataset_options,
+            size=size,
+            fmt=fmt,
+            workers=workers,
+            shard_images=shard_images,
+            progress=progress,
+            max_failure_share=max_failure_share,
+            key_file=key_file,
+        )
+        return
     try:
         report = run_prepare(
             source,
@@ -151,6 +194,7 @@ def prepare(
             max_failure_share=max_failure_share,
             follow_links=not no_follow_links,
             select=select,
+            shard_images=shard_images,
         )
     except TooManyPrepareFailures as exc:
         too_many, report = exc, exc.report
@@ -176,6 +220,37 @@ def prepare(
         sys.exit(1)
     if report.total and len(report.failures) == report.total:
         sys.exit(1)
+
+
+def _shard_dataset(
+    source: str, out: str, name: str, options: tuple[str, ...], **kwargs: object
+) -> None:
+    """``--dataset NAME``: build the adapter on SOURCE and write its samples as shards."""
+    import yaml
+
+    from medssl.data.prepare import TooManyPrepareFailures
+    from medssl.data.streaming import shard_dataset
+    from medssl.plugins import load_registry
+
+    values: dict[str, object] = {"root": source}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.ClickException(f"--set {item!r}: expected KEY=VALUE")
+        values[key.strip()] = yaml.safe_load(value)
+    registry = load_registry()
+    try:
+        factory = registry.get("dataset", name).factory
+        adapter = factory(**values)
+        report = shard_dataset(adapter, out, **kwargs)  # type: ignore[arg-type]
+    except TooManyPrepareFailures as exc:
+        click.echo(str(exc.report))
+        raise click.ClickException(str(exc)) from None
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
+        raise click.ClickException(f"--dataset {name}: {exc}") from None
+    click.echo(str(report))
+    for key, reason in report.failures[:20]:
+        click.echo(f"  failed: {key}: {reason}", err=True)
 
 
 def _warn_burned_in_text(source: str, kept: list[str]) -> None:

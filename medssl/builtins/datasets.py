@@ -14,6 +14,7 @@ from medssl.data import (
     NIHChestXray14,
     SyntheticImages,
 )
+from medssl.data.streaming import StreamingShards
 
 DATASETS: dict[str, Callable[..., Any]] = {
     "image_folder": ImageFolder,
@@ -23,4 +24,5 @@ DATASETS: dict[str, Callable[..., Any]] = {
     "mimic_cxr_jpg": MimicCxrJpg,
     "synthetic": SyntheticImages,
     "demo_cxr": DemoCXR,
+    "streaming": StreamingShards,
 }

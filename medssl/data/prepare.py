@@ -40,7 +40,7 @@ from medssl.data.transforms import resize_shorter_side
 
 __all__ = ["PrepareReport", "TooManyPrepareFailures", "output_key", "prepare", "prepare_one"]
 
-Format = Literal["png8", "png16"]
+Format = Literal["png8", "png16", "shards", "shards8"]
 TMP_MARK = ".tmp-"
 
 
@@ -69,6 +69,7 @@ class PrepareReport:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     not_regular: int = 0  # FIFOs, devices, sockets: never opened
     unreadable_folders: int = 0
+    shards: str = ""  # what --format shards wrote
 
     @property
     def failure_share(self) -> float:
@@ -83,6 +84,8 @@ class PrepareReport:
             text += f"; {self.not_regular} non-regular file(s) (FIFO, device, socket) skipped"
         if self.unreadable_folders:
             text += f"; {self.unreadable_folders} unreadable folder(s) skipped"
+        if self.shards:
+            text += f"\n{self.shards}"
         return text
 
 
@@ -110,6 +113,25 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def decode_for_output(
+    src: str,
+    size: int | None,
+    fmt: Format,
+    settings: ReadSettings,
+    frame: int | None = None,
+    shrink_only: bool = False,
+) -> np.ndarray:
+    """Read, resize (shorter side ``size``; ``None`` keeps it; ``shrink_only`` never
+    enlarges) and quantise one image as ``prepare`` stores it: uint16 for ``png16`` grey,
+    else uint8. Raises on a bad file."""
+    image = read_image(src, settings, frame=frame)
+    if size is not None and not (shrink_only and min(image.shape[-2:]) <= size):
+        image = resize_shorter_side(torch.from_numpy(image), size).numpy()
+    if fmt == "png16" and image.shape[0] == 1:
+        return np.round(image * 65535.0).astype(np.uint16)
+    return np.round(image * 255.0).astype(np.uint8)
+
+
 def prepare_one(
     job: tuple[str, str, str, str, int, Format, ReadSettings, bool],
 ) -> tuple[str, str | None]:
@@ -117,12 +139,7 @@ def prepare_one(
     src, rel, key, out_dir, size, fmt, settings, paths = job
     try:
         target = Path(out_dir) / _output_rel(key)
-        image = read_image(src, settings)
-        resized = resize_shorter_side(torch.from_numpy(image), size).numpy()
-        if fmt == "png16" and resized.shape[0] == 1:
-            array = np.round(resized * 65535.0).astype(np.uint16)
-        else:
-            array = np.round(resized * 255.0).astype(np.uint8)
+        array = decode_for_output(src, size, fmt, settings)
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_png(target, array)
         return rel, None
@@ -130,6 +147,18 @@ def prepare_one(
         raise
     except Exception as exc:
         return rel, describe_error(exc, paths=paths)
+
+
+def _prepared_keys(source: Path) -> dict[str, str]:
+    """``{relative PNG path: key}`` of a folder ``prepare`` wrote, else ``{}``."""
+    manifest = source / "manifest.csv"
+    if not manifest.is_file():
+        return {}
+    with open(manifest, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not {"path", "key"} <= set(reader.fieldnames or ()):
+            return {}
+        return {os.path.normpath(r["path"]): r["key"] for r in reader}
 
 
 def _remove_stale_temporaries(out: Path) -> int:
@@ -207,6 +236,7 @@ def prepare(
     max_failure_share: float = 0.05,
     follow_links: bool = True,
     select: Callable[[list[str]], list[str]] | None = None,
+    shard_images: int = 256,
 ) -> PrepareReport:
     """Convert every readable file under ``source`` into ``out`` (see the module doc).
 
@@ -216,12 +246,15 @@ def prepare(
     Raises :class:`TooManyPrepareFailures` after writing the manifest when more than
     ``max_failure_share`` of the files failed. ``select`` picks among the relative
     source paths (e.g. a :class:`medssl.data.source_filter.SourceFilter`).
+    ``fmt`` ``shards`` / ``shards8`` writes streaming shards of ``shard_images`` images
+    instead of PNGs (:mod:`medssl.data.streaming`); a prepared folder as SOURCE keeps the
+    names of its ``manifest.csv``.
     """
     source, out = Path(source), Path(out)
     if not source.is_dir():
         raise FileNotFoundError(f"prepare: source {str(source)!r} is not a directory")
-    if fmt not in ("png8", "png16"):
-        raise ValueError(f"prepare: format must be png8 or png16, got {fmt!r}")
+    if fmt not in ("png8", "png16", "shards", "shards8"):
+        raise ValueError(f"prepare: format must be png8, png16, shards or shards8, got {fmt!r}")
     if size < 8:
         raise ValueError(f"prepare: size must be at least 8, got {size}")
     out.mkdir(parents=True, exist_ok=True)
@@ -244,6 +277,24 @@ def prepare(
     report = PrepareReport(
         total=len(sources), not_regular=scan.not_regular, unreadable_folders=scan.unreadable
     )
+    if fmt.startswith("shards"):
+        from medssl.data.streaming import prepare_shards
+
+        prepared = _prepared_keys(source)  # a prepared folder keeps its names
+        return prepare_shards(
+            source,
+            out,
+            [(str(source / rel), prepared.get(rel, keys[rel])) for rel in sources],
+            report,
+            size=size,
+            fmt=fmt,
+            settings=settings,
+            workers=workers,
+            show_paths=with_source_paths,
+            progress=progress,
+            max_failure_share=max_failure_share,
+            shard_images=shard_images,
+        )
     todo = []
     for rel in sources:
         if (out / _output_rel(keys[rel])).is_file():

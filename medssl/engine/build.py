@@ -49,6 +49,7 @@ class TrainingParts:
     total_steps: int
     global_batch: int
     peak_lr: float
+    feed: Any = None  # litdata's loader (medssl.data.streaming) for data.name: streaming
 
 
 def build_parts(recipe: ResolvedRecipe, registry: Registry) -> TrainingParts:
@@ -133,6 +134,9 @@ def build_parts(recipe: ResolvedRecipe, registry: Registry) -> TrainingParts:
         # iterator then never draws from the global RNG, so a resumed run's RNG stream matches.
         generator=torch.Generator(),
     )
+    from medssl.data.streaming import make_feed  # litdata's loader for data.name: streaming
+
+    feed = make_feed(dataset, opts.batch_size, opts.num_workers, seed)
     rank = fabric.global_rank
     generator = torch.Generator(device=fabric.device)
     generator.manual_seed(seed * 1000 + rank)
@@ -153,4 +157,5 @@ def build_parts(recipe: ResolvedRecipe, registry: Registry) -> TrainingParts:
         total_steps=total_steps,
         global_batch=global_batch,
         peak_lr=peak_lr,
+        feed=feed,
     )

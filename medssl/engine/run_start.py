@@ -166,6 +166,8 @@ def _resume(
             len(saved) if isinstance(saved, list) else 1,
             parts.fabric.world_size,
         )
+    if parts.feed is not None and state.get("data"):  # streaming: litdata's loader position
+        parts.feed.load_state_dict(state["data"])
     start = Start(int(state["step"]), state.get("failures_total", 0), state.get("diagnostics"))
     log.info("resumed from %s (step %d)", latest, start.step)
     return start, history

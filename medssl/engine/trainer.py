@@ -78,6 +78,7 @@ class Trainer:
     total_steps = _Part()
     global_batch = _Part()
     peak_lr = _Part()
+    feed = _Part()  # litdata's loader for data.name: streaming, else None
 
     def __init__(
         self,
@@ -217,6 +218,7 @@ class Trainer:
             "diagnostics": diagnostics.state_dict() if diagnostics is not None else None,
             "world_size": self.fabric.world_size,
             "recipe": canonical_recipe(self.recipe),
+            "data": self.feed.state_dict() if self.feed is not None else None,
         }
         return save_state(self.parts, self.run_dir, step, state, self.train_opts.keep_checkpoints)
 
@@ -292,6 +294,8 @@ class Trainer:
         accum = self.train_opts.grad_accumulation
         micro_per_epoch = self.steps_per_epoch * accum
         micro = start_step * accum
+        if self.feed is not None:  # streaming shards: litdata orders, splits and resumes
+            yield from self.feed.batches(micro, micro_per_epoch, self.epoch_end_check)
         while True:
             epoch, offset = divmod(micro, micro_per_epoch)
             self.sampler.set_epoch(epoch, start=offset * self.train_opts.batch_size)

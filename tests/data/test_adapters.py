@@ -56,6 +56,7 @@ def test_registered_names() -> None:
         "mimic_cxr_jpg",
         "synthetic",
         "demo_cxr",
+        "streaming",
     }
     for factory in DATASETS.values():
         assert set(factory.capabilities()) == {"has_text", "has_mask"}

@@ -148,5 +148,5 @@ def test_prepare_killed_midway_then_resumed(tmp_path: Path) -> None:
 def test_prepare_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a directory"):
         prepare(tmp_path / "missing", tmp_path / "out")
-    with pytest.raises(ValueError, match="png8 or png16"):
+    with pytest.raises(ValueError, match="png8, png16, shards or shards8"):
         prepare(tmp_path, tmp_path / "out", fmt="tiff")  # type: ignore[arg-type]

@@ -114,10 +114,16 @@ def _with_grad(grad: torch.Tensor) -> torch.Tensor:
 # -- kill and resume ----------------------------------------------------------------------
 
 
-def _resume_recipe(tmp_path: Path, steps: int, checkpoint_every: int) -> Path:
+def _resume_recipe(
+    tmp_path: Path, steps: int, checkpoint_every: int, shards: Path | None = None
+) -> Path:
     """The tiny recipe with iBOT and KoLeo, drop-path (global RNG), the real multi-crop
-    policy (per-rank generator), two epochs (sampler reshuffle), one thread."""
+    policy (per-rank generator), two epochs (sampler reshuffle), one thread; with
+    ``shards``, the streaming adapter on them through 2 loader workers (litdata's state)."""
     config = yaml.safe_load(yaml.safe_dump(TINY_RECIPE))
+    if shards is not None:
+        config["data"] = {"name": "streaming", "root": str(shards), "image_size": 64}
+        config["train"]["num_workers"] = 2
     config["output_dir"] = str(tmp_path / "run")
     config["backbone"]["drop_path_rate"] = 0.1
     config["objectives"]["ibot"] = {"weight": 1.0}
@@ -155,18 +161,38 @@ def _loss_rows(run_dir: Path) -> list[dict[str, str]]:
     return [{k: v for k, v in r.items() if k == "step" or k.startswith("loss")} for r in rows]
 
 
+def _synthetic_shards(folder: Path) -> Path:
+    """The tiny recipe's 16 synthetic images as streaming shards of 3 images."""
+    from PIL import Image
+
+    from medssl.data import SyntheticImages
+    from medssl.data.prepare import prepare
+
+    images = SyntheticImages(n_images=16, image_size=64)
+    for i in range(16):
+        pixels = (images[i]["image"][0].numpy() * 65535).round().astype("uint16")
+        (folder / "src").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / "src" / f"{i}.png")
+    prepare(folder / "src", folder / "shards", size=64, fmt="shards", workers=1, shard_images=3)
+    return folder / "shards"
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("data", ["map-style", "streaming"])
+def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path, data: str) -> None:
+    if data == "streaming":
+        pytest.importorskip("litdata")
+    shards = _synthetic_shards(tmp_path / "data") if data == "streaming" else None
     steps, every = 7, 2
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
-    ref_recipe = _resume_recipe(reference_dir, steps, every)
+    ref_recipe = _resume_recipe(reference_dir, steps, every, shards)
     proc = subprocess.run(_medssl(str(ref_recipe)), env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
     killed_dir.mkdir()
-    recipe_path = _resume_recipe(killed_dir, steps, every)
+    recipe_path = _resume_recipe(killed_dir, steps, every, shards)
     run_dir = killed_dir / "run"
     first = run_dir / "checkpoints" / f"{ckpt.PREFIX}{every:08d}" / ckpt.MANIFEST_FILE
     proc = _start(recipe_path)
@@ -200,6 +226,10 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path) -> None:
         for key, value in slot.items():
             assert torch.equal(got_state["optimizer"]["state"][index][key], value)
     assert got_state["diagnostics"]["history"] == want_state["diagnostics"]["history"]
+    if shards is not None:  # litdata's loader state, as JSON in state.json (no pickle)
+        assert got_state["data"] == want_state["data"]
+        assert got_state["data"]["dataset"]["num_workers"] == 2
+        assert "input_dir_path" not in got_state["data"]["dataset"]
     # One metrics row per step, the losses of the uninterrupted run.
     rows = _loss_rows(run_dir)
     assert [int(r["step"]) for r in rows] == list(range(1, steps + 1))
