@@ -114,12 +114,21 @@ def _with_grad(grad: torch.Tensor) -> torch.Tensor:
 # -- kill and resume ----------------------------------------------------------------------
 
 
-def _resume_recipe(tmp_path: Path, steps: int, checkpoint_every: int) -> Path:
+#: ``backbone.lora`` for the resume test with adapters: dropout draws from the global RNG.
+LORA = {"rank": 2, "alpha": 4, "dropout": 0.1, "targets": ["qkv", "proj", "fc1", "fc2"]}
+
+
+def _resume_recipe(
+    tmp_path: Path, steps: int, checkpoint_every: int, lora: dict | None = None
+) -> Path:
     """The tiny recipe with iBOT and KoLeo, drop-path (global RNG), the real multi-crop
-    policy (per-rank generator), two epochs (sampler reshuffle), one thread."""
+    policy (per-rank generator), two epochs (sampler reshuffle), one thread; with ``lora``,
+    adapters on the backbone."""
     config = yaml.safe_load(yaml.safe_dump(TINY_RECIPE))
     config["output_dir"] = str(tmp_path / "run")
     config["backbone"]["drop_path_rate"] = 0.1
+    if lora is not None:
+        config["backbone"]["lora"] = lora
     config["objectives"]["ibot"] = {"weight": 1.0}
     config["objectives"]["koleo"] = {"weight": 0.1}
     config["train"].update(
@@ -156,17 +165,20 @@ def _loss_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lora", [None, LORA], ids=["full", "lora"])
+def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path, lora: dict | None) -> None:
+    if lora is not None:
+        pytest.importorskip("peft")
     steps, every = 7, 2
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
-    ref_recipe = _resume_recipe(reference_dir, steps, every)
+    ref_recipe = _resume_recipe(reference_dir, steps, every, lora)
     proc = subprocess.run(_medssl(str(ref_recipe)), env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
     killed_dir.mkdir()
-    recipe_path = _resume_recipe(killed_dir, steps, every)
+    recipe_path = _resume_recipe(killed_dir, steps, every, lora)
     run_dir = killed_dir / "run"
     first = run_dir / "checkpoints" / f"{ckpt.PREFIX}{every:08d}" / ckpt.MANIFEST_FILE
     proc = _start(recipe_path)
@@ -194,6 +206,8 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path) -> None:
         assert got.keys() == want.keys()
         for key in want:
             assert torch.equal(got[key], want[key]), f"{name}: {key} differs after resume"
+        if lora is not None and name.startswith("checkpoints"):
+            assert any(".lora_A" in key for key in got), "the checkpoint holds the adapters"
     _, got_state = ckpt.load_checkpoint(finished)
     _, want_state = ckpt.load_checkpoint(ref_run / finished.relative_to(run_dir))
     for index, slot in want_state["optimizer"]["state"].items():
