@@ -261,7 +261,8 @@ class Trainer:
             raise RecipeError(str(exc), self.recipe.source, "backbone.init") from None
         if loaded:
             log.info("initial heads loaded from backbone.init for: %s", ", ".join(loaded))
-        model = SSLModel(student, objectives)
+        # FSDP flattens each module's parameters on its own: the teacher cannot share them.
+        model = SSLModel(student, objectives, share_frozen=not self._is_fsdp())
         self.request = model.view_request()
         mask_token = getattr(student, "mask_token", None)
         if self.request.block_masks is None and isinstance(mask_token, torch.nn.Parameter):
@@ -480,10 +481,11 @@ class Trainer:
                 "world_size": self.fabric.world_size,
                 "recipe": canonical_recipe(self.recipe),
             }
+            shared = self.raw_model.shared_teacher_keys()
             path = ckpt.save_checkpoint(
                 self.run_dir / "checkpoints",
                 step,
-                model_state,
+                {k: v for k, v in model_state.items() if k not in shared},
                 state,
                 self.train_opts.keep_checkpoints,
             )
@@ -515,6 +517,12 @@ class Trainer:
     ) -> None:
         """Load what :meth:`_full_model_state` / :meth:`_full_optimizer_state` saved."""
         if not self._is_fsdp():
+            # The teacher's frozen parameters are the student's, stored once.
+            shared = self.raw_model.shared_teacher_keys()
+            model_state = {
+                **{t: model_state[s] for t, s in shared.items() if s in model_state},
+                **model_state,
+            }
             self.raw_model.load_state_dict(model_state)
             self.optimizer.load_state_dict(optimizer_state)
             return
