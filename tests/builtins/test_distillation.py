@@ -43,10 +43,9 @@ def _teacher_folder(tmp_path: Path, in_chans: int = 1, patch_size: int = 14) -> 
     return export_hf_dinov2(teacher, tmp_path / "teacher", channels=in_chans)
 
 
-def test_loss_on_a_small_case_matches_a_hand_computation(tmp_path: Path) -> None:
-    folder = _teacher_folder(tmp_path, patch_size=8)  # another grid than the student's
-    objective = Distillation(teacher=str(folder), features="both", distance="cosine")
-    ctx = ObjectiveContext(
+def _ctx() -> ObjectiveContext:
+    """A 16-d student with 14-px patches on 56-px grey global crops."""
+    return ObjectiveContext(
         embed_dim=16,
         patch_size=14,
         in_chans=1,
@@ -55,7 +54,12 @@ def test_loss_on_a_small_case_matches_a_hand_computation(tmp_path: Path) -> None
         shared={},
         image_size=56,
     )
-    objective.setup(ctx)
+
+
+def test_loss_on_a_small_case_matches_a_hand_computation(tmp_path: Path) -> None:
+    folder = _teacher_folder(tmp_path, patch_size=8)  # another grid than the student's
+    objective = Distillation(teacher=str(folder), features="both", distance="cosine")
+    objective.setup(_ctx())
     assert not any("teacher" in n for n, _ in objective.named_parameters())
     torch.manual_seed(2)
     crops = torch.randn(2, 1, 56, 56)
@@ -128,17 +132,7 @@ def _teacher_with_heads(tmp_path: Path, separate_ibot: bool = True) -> Path:
 
 def _dinov2_objective(folder: Path, **options: Any) -> Distillation:
     objective = Distillation(teacher=str(folder), variant="dinov2", **options)
-    objective.setup(
-        ObjectiveContext(
-            embed_dim=16,
-            patch_size=14,
-            in_chans=1,
-            total_steps=1,
-            steps_per_epoch=1,
-            shared={},
-            image_size=56,
-        )
-    )
+    objective.setup(_ctx())
     return objective
 
 
