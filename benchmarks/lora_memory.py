@@ -5,7 +5,8 @@ batch) for a few steps; ``--backbone base`` swaps in a ViT-B/14 (768-d, 12 block
 size LoRA is for. The arms alternate (full, lora, full, lora, ...) so drifting machine load
 hits both alike; the result is the median of the per-pair peak-RSS ratios. Peak RSS is the
 child's ``ru_maxrss`` (Linux, whole process); "above import" subtracts the RSS measured
-after ``import torch, medssl`` in the same process, which neither arm can save.
+after ``import torch, medssl, lightning_fabric`` in the same process: library code common
+to both arms, which training cannot save.
 
     python benchmarks/lora_memory.py --backbone base --pairs 3
     python benchmarks/lora_memory.py --backbone quickstart --pairs 3
@@ -40,12 +41,16 @@ def _rss_kib() -> int:
 
 
 def child(args: argparse.Namespace) -> None:
+    # Fabric's import (torch._dynamo, sympy, ... ≈ 290 MiB of RSS) happens in both arms;
+    # peft adds ≈ 33 MiB after it, which the LoRA arm pays above the baseline.
+    import lightning_fabric
     import torch  # noqa: F401
 
     from medssl.config import load_recipe
     from medssl.engine.trainer import Trainer
     from medssl.plugins import load_registry
 
+    lightning_fabric.Fabric(accelerator="cpu", devices=1)
     baseline = _rss_kib()
     with tempfile.TemporaryDirectory() as out:
         overrides = [

@@ -229,7 +229,7 @@ def _shard_dataset(
     import yaml
 
     from medssl.data.prepare import TooManyPrepareFailures
-    from medssl.data.streaming import shard_dataset
+    from medssl.data.shard_writer import shard_dataset
     from medssl.plugins import load_registry
 
     values: dict[str, object] = {"root": source}

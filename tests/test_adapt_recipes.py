@@ -84,3 +84,14 @@ def test_distill_vits_cpu_recipe_runs_from_a_run_directory(
     medssl_cli(["validate", recipe, *overrides])
     medssl_cli(["run", recipe, *overrides])
     assert (tmp_path / "student" / "backbone.safetensors").is_file()
+    # DINOv2's variant: the teacher's DINO head comes from the run's last checkpoint.
+    overrides[1] = f"output_dir={tmp_path / 'student_dinov2'}"
+    overrides += [
+        "objectives.distillation.variant=dinov2",
+        "objectives.distillation.features=both",  # the default: allowed with dinov2
+    ]
+    medssl_cli(["validate", recipe, *overrides])
+    result = medssl_cli(["run", recipe, *overrides])
+    assert (tmp_path / "student_dinov2" / "backbone.safetensors").is_file()
+    rows = (tmp_path / "student_dinov2" / "metrics.csv").read_text().splitlines()
+    assert "distillation/ibot" in rows[0] and len(rows) == 3, result.output

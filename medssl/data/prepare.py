@@ -25,68 +25,28 @@ import csv
 import multiprocessing as mp
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import torch
 
 from medssl.data.files import scan_folder
-from medssl.data.keys import data_key, dataset_secret, printable_path
-from medssl.data.readers import ReadSettings, is_supported, read_image
+from medssl.data.keys import dataset_secret, printable_path
+from medssl.data.prepare_output import (
+    TMP_MARK,
+    Format,
+    PrepareReport,
+    TooManyPrepareFailures,
+    decode_for_output,
+    output_key,
+)
+from medssl.data.readers import ReadSettings, is_supported
 from medssl.data.robust import describe_error
-from medssl.data.transforms import resize_shorter_side
 
 __all__ = ["PrepareReport", "TooManyPrepareFailures", "output_key", "prepare", "prepare_one"]
-
-Format = Literal["png8", "png16", "shards", "shards8"]
-TMP_MARK = ".tmp-"
-
-
-class TooManyPrepareFailures(RuntimeError):
-    """More than ``max_failure_share`` of the source files failed (outputs are kept)."""
-
-    def __init__(self, message: str, report: PrepareReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-def output_key(relative_path: str, secret: bytes) -> str:
-    """The output name of a source file: HMAC-SHA256 of its path relative to SOURCE."""
-    return data_key(secret, relative_path)
 
 
 def _output_rel(key: str) -> str:
     return f"images/{key[:2]}/{key}.png"
-
-
-@dataclass
-class PrepareReport:
-    total: int = 0
-    written: int = 0
-    skipped: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
-    not_regular: int = 0  # FIFOs, devices, sockets: never opened
-    unreadable_folders: int = 0
-    shards: str = ""  # what --format shards wrote
-
-    @property
-    def failure_share(self) -> float:
-        return len(self.failures) / self.total if self.total else 0.0
-
-    def __str__(self) -> str:
-        text = (
-            f"{self.total} source files: {self.written} written, {self.skipped} already done, "
-            f"{len(self.failures)} failed"
-        )
-        if self.not_regular:
-            text += f"; {self.not_regular} non-regular file(s) (FIFO, device, socket) skipped"
-        if self.unreadable_folders:
-            text += f"; {self.unreadable_folders} unreadable folder(s) skipped"
-        if self.shards:
-            text += f"\n{self.shards}"
-        return text
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -111,25 +71,6 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def decode_for_output(
-    src: str,
-    size: int | None,
-    fmt: Format,
-    settings: ReadSettings,
-    frame: int | None = None,
-    shrink_only: bool = False,
-) -> np.ndarray:
-    """Read, resize (shorter side ``size``; ``None`` keeps it; ``shrink_only`` never
-    enlarges) and quantise one image as ``prepare`` stores it: uint16 for ``png16`` grey,
-    else uint8. Raises on a bad file."""
-    image = read_image(src, settings, frame=frame)
-    if size is not None and not (shrink_only and min(image.shape[-2:]) <= size):
-        image = resize_shorter_side(torch.from_numpy(image), size).numpy()
-    if fmt == "png16" and image.shape[0] == 1:
-        return np.round(image * 65535.0).astype(np.uint16)
-    return np.round(image * 255.0).astype(np.uint8)
 
 
 def prepare_one(
@@ -278,7 +219,7 @@ def prepare(
         total=len(sources), not_regular=scan.not_regular, unreadable_folders=scan.unreadable
     )
     if fmt.startswith("shards"):
-        from medssl.data.streaming import prepare_shards
+        from medssl.data.shard_writer import prepare_shards
 
         prepared = _prepared_keys(source)  # a prepared folder keeps its names
         return prepare_shards(

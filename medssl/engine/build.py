@@ -18,7 +18,7 @@ from medssl.config import ResolvedRecipe
 from medssl.engine import schedules
 from medssl.engine.adapt import parameter_report
 from medssl.engine.assembly import assemble
-from medssl.engine.fabric_setup import fused_adamw, make_fabric
+from medssl.engine.fabric_setup import fused_adamw, is_fsdp, make_fabric
 from medssl.engine.model import SSLModel
 from medssl.engine.sampler import EpochSampler
 from medssl.engine.train_state import seed_all
@@ -70,7 +70,8 @@ def build_parts(recipe: ResolvedRecipe, registry: Registry) -> TrainingParts:
     objectives, request = parts.objectives, parts.request
     steps_per_epoch, total_steps = parts.steps_per_epoch, parts.total_steps
     global_batch, n_images, world = parts.global_batch, len(dataset), fabric.world_size
-    model = SSLModel(student, objectives)
+    # FSDP flattens each module's parameters on its own: the teacher cannot share them.
+    model = SSLModel(student, objectives, share_frozen=not is_fsdp(fabric))
     mask_token = getattr(student, "mask_token", None)
     if request.block_masks is None and isinstance(mask_token, torch.nn.Parameter):
         # Unused without block masks: DDP would wait forever for its gradient.

@@ -1,7 +1,7 @@
 """Atomic, verified checkpoints that never execute code when read.
 
 A checkpoint is a folder ``checkpoints/step_000100/`` holding ``model.safetensors``
-(student, teacher and heads), ``state.safetensors`` + ``state.json`` (optimiser, step,
+(student, teacher and heads; the teacher's frozen parameters, which are the student's, once), ``state.safetensors`` + ``state.json`` (optimiser, step,
 RNG states, counters: every tensor in safetensors, the structure around them in JSON) and
 ``manifest.json`` (SHA-256 of each file, written last). Nothing is pickled, so a
 checkpoint copied from someone else cannot run code on ``--resume`` (a pickle's hash in the

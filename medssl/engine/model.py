@@ -37,11 +37,20 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _Teacher(nn.Module):
-    """Wraps the EMA copy so that ``.train()`` never turns its drop-path back on."""
+    """Wraps the EMA copy so that ``.train()`` never turns its drop-path back on.
 
-    def __init__(self, student: nn.Module) -> None:
+    With ``share_frozen``, the student's frozen parameters (``backbone.freeze``, LoRA's base
+    weights) are not copied: the teacher holds the same tensors. The EMA never moves them
+    (teacher and student are equal there), so a copy would only double their memory: a
+    whole backbone for LoRA.
+    """
+
+    def __init__(self, student: nn.Module, share_frozen: bool = True) -> None:
         super().__init__()
-        self.backbone = copy.deepcopy(student)
+        memo: dict[int, object] = {}
+        if share_frozen:
+            memo = {id(p): p for p in student.parameters() if not p.requires_grad}
+        self.backbone = copy.deepcopy(student, memo)
         self.backbone.requires_grad_(False)
         self.backbone.eval()
 
@@ -56,19 +65,36 @@ class _Teacher(nn.Module):
 class SSLModel(nn.Module):
     """Student, teacher (when an objective needs one) and weighted objectives."""
 
-    def __init__(self, student: nn.Module, objectives: dict[str, tuple[Objective, float]]) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        objectives: dict[str, tuple[Objective, float]],
+        share_frozen: bool = True,
+    ) -> None:
         super().__init__()
         self.student = student
         self.objectives = nn.ModuleDict({name: obj for name, (obj, _) in objectives.items()})
         self.weights = {name: weight for name, (_, weight) in objectives.items()}
         self.uses_teacher = any(obj.uses_teacher for obj, _ in objectives.values())
-        self.teacher = _Teacher(student) if self.uses_teacher else None
+        self.teacher = _Teacher(student, share_frozen) if self.uses_teacher else None
         # Modules that share work between the objectives of one forward (the DINO / iBOT
         # heads normalise their prototypes once): each offers a ``step_cache()`` context.
         self._step_caches = [m for m in self.modules() if callable(getattr(m, "step_cache", None))]
         # The learning signals of the last diagnosed step (medssl.engine.diagnostics).
         self.last_signals: dict[str, dict[str, float]] = {}
         self.last_hints: dict[str, str | None] = {}
+
+    def shared_teacher_keys(self) -> dict[str, str]:
+        """``{teacher key: student key}`` of the state-dict entries the teacher shares
+        with the student (its frozen parameters): checkpoints store them once."""
+        if self.teacher is None:
+            return {}
+        student = {id(p): name for name, p in self.student.named_parameters()}
+        return {
+            f"teacher.backbone.{name}": f"student.{student[id(p)]}"
+            for name, p in self.teacher.backbone.named_parameters(remove_duplicate=False)
+            if id(p) in student
+        }
 
     def view_request(self) -> ViewRequest:
         patch_size = int(self.student.patch_size)

@@ -117,6 +117,12 @@ def load_full_state(
 ) -> None:
     """Load what :func:`full_model_state` / :func:`full_optimizer_state` saved."""
     if not is_fsdp(fabric):
+        # The teacher's frozen parameters are the student's, stored once.
+        shared = raw_model.shared_teacher_keys()
+        model_state = {
+            **{t: model_state[s] for t, s in shared.items() if s in model_state},
+            **model_state,
+        }
         raw_model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         return
@@ -144,7 +150,14 @@ def save_state(
     optimizer_state = full_optimizer_state(fabric, parts.model, parts.optimizer)
     if fabric.global_rank == 0:
         state = {"optimizer": optimizer_state, "step": step, "rng": rng, **state}
-        path = ckpt.save_checkpoint(run_dir / "checkpoints", step, model_state, state, keep)
+        shared = parts.raw_model.shared_teacher_keys()
+        path = ckpt.save_checkpoint(
+            run_dir / "checkpoints",
+            step,
+            {k: v for k, v in model_state.items() if k not in shared},
+            state,
+            keep,
+        )
         export_backbone(parts.raw_model, run_dir, step, model_state)
     fabric.barrier()
     return path

@@ -20,7 +20,8 @@ pytest.importorskip("litdata")
 
 from medssl.cli_data import prepare as prepare_command  # noqa: E402
 from medssl.data.prepare import prepare  # noqa: E402
-from medssl.data.streaming import StreamingShards, make_feed, shard_dataset  # noqa: E402
+from medssl.data.shard_writer import shard_dataset  # noqa: E402
+from medssl.data.streaming import StreamingShards, make_feed  # noqa: E402
 
 
 def _sources(folder: Path, n: int = 7) -> Path:

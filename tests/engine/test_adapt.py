@@ -82,6 +82,16 @@ def test_frozen_parameters_stay_out_of_optimiser_and_ema_and_do_not_change(
     assert not torch.equal(
         params["vit.blocks.1.attn.qkv.weight"], initial["vit.blocks.1.attn.qkv.weight"]
     )
+    # The teacher holds the student's frozen tensors, not copies; the trained ones are its own.
+    for name, value in teacher.items():
+        assert (value is params[name]) == (name in frozen), name
+    # Checkpoints store the shared tensors once (under the student's name).
+    saved = load_file(
+        str(ckpt.latest_valid_checkpoint(tmp_path / "run" / "checkpoints") / ckpt.MODEL_FILE)
+    )
+    assert "student.vit.blocks.0.attn.qkv.weight" in saved
+    assert "teacher.backbone.vit.blocks.0.attn.qkv.weight" not in saved
+    assert "teacher.backbone.vit.blocks.1.attn.qkv.weight" in saved
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,7 @@ def test_every_sample_once_per_epoch_over_two_ranks_and_two_workers(tmp_path: Pa
     import torch.multiprocessing as mp
 
     from medssl.data import CsvManifest
-    from medssl.data.streaming import shard_dataset
+    from medssl.data.shard_writer import shard_dataset
 
     options = _dataset(tmp_path / "src")
     shard_dataset(CsvManifest(**options), tmp_path / "shards", workers=1, shard_images=3)

@@ -114,18 +114,29 @@ def _with_grad(grad: torch.Tensor) -> torch.Tensor:
 # -- kill and resume ----------------------------------------------------------------------
 
 
+#: ``backbone.lora`` for the resume test with adapters: dropout draws from the global RNG.
+LORA = {"rank": 2, "alpha": 4, "dropout": 0.1, "targets": ["qkv", "proj", "fc1", "fc2"]}
+
+
 def _resume_recipe(
-    tmp_path: Path, steps: int, checkpoint_every: int, shards: Path | None = None
+    tmp_path: Path,
+    steps: int,
+    checkpoint_every: int,
+    shards: Path | None = None,
+    lora: dict | None = None,
 ) -> Path:
     """The tiny recipe with iBOT and KoLeo, drop-path (global RNG), the real multi-crop
     policy (per-rank generator), two epochs (sampler reshuffle), one thread; with
-    ``shards``, the streaming adapter on them through 2 loader workers (litdata's state)."""
+    ``shards``, the streaming adapter on them through 2 loader workers (litdata's state);
+    with ``lora``, adapters on the backbone."""
     config = yaml.safe_load(yaml.safe_dump(TINY_RECIPE))
     if shards is not None:
         config["data"] = {"name": "streaming", "root": str(shards), "image_size": 64}
         config["train"]["num_workers"] = 2
     config["output_dir"] = str(tmp_path / "run")
     config["backbone"]["drop_path_rate"] = 0.1
+    if lora is not None:
+        config["backbone"]["lora"] = lora
     config["objectives"]["ibot"] = {"weight": 1.0}
     config["objectives"]["koleo"] = {"weight": 0.1}
     config["train"].update(
@@ -178,21 +189,24 @@ def _synthetic_shards(folder: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data", ["map-style", "streaming"])
+@pytest.mark.parametrize("data", ["map-style", "streaming", "lora"])
 def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path, data: str) -> None:
     if data == "streaming":
         pytest.importorskip("litdata")
+    if data == "lora":
+        pytest.importorskip("peft")
     shards = _synthetic_shards(tmp_path / "data") if data == "streaming" else None
+    lora = LORA if data == "lora" else None
     steps, every = 7, 2
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
-    ref_recipe = _resume_recipe(reference_dir, steps, every, shards)
+    ref_recipe = _resume_recipe(reference_dir, steps, every, shards, lora)
     proc = subprocess.run(_medssl(str(ref_recipe)), env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
     killed_dir.mkdir()
-    recipe_path = _resume_recipe(killed_dir, steps, every, shards)
+    recipe_path = _resume_recipe(killed_dir, steps, every, shards, lora)
     run_dir = killed_dir / "run"
     first = run_dir / "checkpoints" / f"{ckpt.PREFIX}{every:08d}" / ckpt.MANIFEST_FILE
     proc = _start(recipe_path)
@@ -220,6 +234,8 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path, data: str) -> No
         assert got.keys() == want.keys()
         for key in want:
             assert torch.equal(got[key], want[key]), f"{name}: {key} differs after resume"
+        if lora is not None and name.startswith("checkpoints"):
+            assert any(".lora_A" in key for key in got), "the checkpoint holds the adapters"
     _, got_state = ckpt.load_checkpoint(finished)
     _, want_state = ckpt.load_checkpoint(ref_run / finished.relative_to(run_dir))
     for index, slot in want_state["optimizer"]["state"].items():
