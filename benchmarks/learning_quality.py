@@ -13,8 +13,10 @@ recipe's 84-px crop size):
   DINOv2's linear evaluation), ``cls``, ``mean_patch``; the raw-pixel floor (32x32) beside.
 * ``knn``: k=20, T=0.07 on centred, L2-normalised ``cls+mean_patch`` blocks (the same
   treatment for pixels).
-* ``seg``: linear 1x1 decoder on the 6x6 patch tokens, mean Dice of lung and heart at
-  64 px; floors: the average training mask and the raw pixel patches.
+* ``seg``: linear 1x1 decoder on the patch tokens as ``segmentation_probe`` reads them by
+  default (the last blocks concatenated, at a larger input than the crop: its ``LAYERS``
+  and ``SCALE``), mean Dice of lung and heart at 64 px; floors: the average training
+  mask and the raw pixel patches of the same grid.
 
 Protocols (which rows train a probe, which are scored):
 
@@ -416,10 +418,23 @@ def _demo_rows() -> list[dict[str, str]]:
 
 
 def _features(encoder: Encoder, registry: Any) -> FeatureSet:
-    """Frozen features, pixels, labels and masks of every demo DRR, in manifest order."""
+    """Frozen features, pixels, labels and masks of every demo DRR, in manifest order; the
+    patch tokens (and the raw pixel patches of the same grid) as the segmentation probe
+    reads them by default: the last ``LAYERS`` blocks at ``SCALE`` x the crop size."""
+    from dataclasses import replace
+
+    from medssl.eval.segmentation import LAYERS, SCALE
+
     block = {"name": "demo_cxr", "subset": "drr", "masks": True, "image_size": 112}
     dataset = build_dataset(registry, block, "learning_quality")
-    return extract(encoder, dataset, batch_size=64, patches=True)
+    fs = extract(encoder, dataset, batch_size=64)
+    p = encoder.patch_size
+    size = max(1, round(encoder.image_size * SCALE / p)) * p
+    layers = min(LAYERS, len(encoder.backbone.blocks))  # type: ignore[arg-type]
+    seg = extract(
+        encoder, dataset, batch_size=64, patches=True, image_size=size, patch_layers=layers
+    )
+    return replace(fs, patches=seg.patches, pixel_patches=seg.pixel_patches, masks=seg.masks)
 
 
 def _protocols(rows: list[dict[str, str]]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:

@@ -1,8 +1,12 @@
 """``segmentation_probe``: a light decoder on frozen patch tokens, Dice per class.
 
-As DINOv2's linear segmentation evaluation (Oquab et al. 2023, §7.3 "linear": a 1x1
-convolution on the frozen patch tokens, logits upsampled bilinearly to the mask size)
-with an optional small convolutional decoder (3x3 conv, GELU, 1x1 conv). Dice is the mean
+As DINOv2's linear segmentation evaluation (Oquab et al. 2023, §7.3: a 1x1 convolution
+on the frozen patch tokens, logits upsampled bilinearly to the mask size; by default its
+"multilayer" reading, the patch tokens of the last 4 blocks concatenated, at an input
+twice the training crop, as DINOv2 segments at a higher resolution than it trains) with
+an optional small convolutional decoder (3x3 conv, GELU, 1x1 conv). On the demo DRRs the
+default raised the quickstart encoder's train-CV Dice from 0.753 (last block, crop size)
+to 0.791 (benchmarks/RESULTS.md, Learning quality). Dice is the mean
 over the validation images that contain the class, per class. The floors: the same
 decoder on the patch tokens of the recipe's backbone at its seeded initialisation, on the
 raw pixel patches of the same grid, and the average training mask (the per-pixel majority
