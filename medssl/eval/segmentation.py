@@ -248,7 +248,8 @@ def _layers(ctx: EvalContext, asked: int) -> int:
     backbone = ctx.encoder.backbone
     if not hasattr(backbone, "patch_layers"):
         return 1
-    return min(asked, len(backbone.blocks))  # type: ignore[arg-type]
+    depth = len(getattr(backbone, "blocks", ())) or asked
+    return min(asked, depth)
 
 
 def _dice_mean(d: np.ndarray) -> float:
