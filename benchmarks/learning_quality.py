@@ -684,8 +684,9 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         keys.append("knn:cls+mean_patch:split")
         lines += [
             "",
-            f"Paired difference from `{meta.get('reference')}` (seed means, 95 % interval; "
-            "'loss': more than 0.01 below it):",
+            f"Paired difference, condition − `{meta.get('reference')}` (seed means over the "
+            "seeds both have, 95 % interval); ▲: the condition's mean is more than 0.01 "
+            f"above `{meta.get('reference')}`'s (a loss for it), ▼: more than 0.01 below:",
             "",
             "| condition | linear AUROC, split | linear AUROC, held-out CT | seg Dice, split "
             "| k-NN AUROC, split |",
@@ -695,7 +696,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             cells = []
             for k in keys:
                 d, lo, hi = e[k]["vs_reference"]
-                cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" loss" if d < -0.01 else ""))
+                mark = " ▲" if d > 0.01 else " ▼" if d < -0.01 else ""
+                cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark}")
             lines.append(f"| {c} (n={len(e['seeds'])}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
