@@ -13,8 +13,10 @@ recipe's 84-px crop size):
   DINOv2's linear evaluation), ``cls``, ``mean_patch``; the raw-pixel floor (32x32) beside.
 * ``knn``: k=20, T=0.07 on centred, L2-normalised ``cls+mean_patch`` blocks (the same
   treatment for pixels).
-* ``seg``: linear 1x1 decoder on the 6x6 patch tokens, mean Dice of lung and heart at
-  64 px; floors: the average training mask and the raw pixel patches.
+* ``seg``: linear 1x1 decoder on the patch tokens as ``segmentation_probe`` reads them by
+  default (the last blocks concatenated, at a larger input than the crop: its ``LAYERS``
+  and ``SCALE``), mean Dice of lung and heart at 64 px; floors: the average training
+  mask and the raw pixel patches of the same grid.
 
 Protocols (which rows train a probe, which are scored):
 
@@ -67,6 +69,7 @@ QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 DEMO = ROOT / "data" / "demo"
 FINDINGS = ["effusion", "consolidation", "pneumothorax", "cardiomegaly"]
 log = logging.getLogger("learning_quality")
+HEADLINE = "linear:cls+mean_patch:split"
 
 #: Recipe overrides of each condition, relative to recipes/quickstart.yaml as committed.
 #: ``literature``: the settings chest-X-ray MAE work and small-data DINO work suggest
@@ -87,15 +90,22 @@ CONDITIONS: dict[str, list[str]] = {
 
 def _train(condition: str, steps: int, seed: int, runs: Path, registry: Any) -> Path:
     """``medssl run`` of the quickstart with the condition's overrides (reused when done)."""
-    from medssl.engine.trainer import train
-
     run_dir = runs / f"{condition}_{steps}_s{seed}"
     if (run_dir / "backbone.safetensors").is_file() and (run_dir / "done").is_file():
         return run_dir
-    if condition == "lightly_dino":
-        return _train_lightly_dino_run(steps, seed, run_dir, registry)
+    if condition in LIGHTLY:
+        return _train_lightly_run(condition, steps, seed, run_dir, registry)
     if condition not in CONDITIONS:
         raise SystemExit(f"{run_dir} is not there and {condition!r} is not in CONDITIONS")
+    _train_medssl(condition, steps, seed, run_dir, registry)
+    (run_dir / "done").write_text("")
+    return run_dir
+
+
+def _train_medssl(condition: str, steps: int, seed: int, run_dir: Path, registry: Any) -> Any:
+    """``medssl run`` of the quickstart with the condition's overrides; the resolved recipe."""
+    from medssl.engine.trainer import train
+
     overrides = [
         *CONDITIONS[condition],
         f"train.steps={steps}",
@@ -106,68 +116,51 @@ def _train(condition: str, steps: int, seed: int, runs: Path, registry: Any) -> 
     ]
     resolved = load_recipe(QUICKSTART, overrides, registry)
     train(resolved, registry, resume_or_start=True, progress_bar=False)
-    (run_dir / "done").write_text("")
-    return run_dir
+    return resolved
 
 
-def _train_lightly_dino(steps: int, seed: int, registry: Any) -> torch.nn.Module:
-    """The quickstart ViT trained with lightly's DINO pieces at the quickstart's compute."""
-    from lightly.loss import DINOLoss
-    from lightly.models.modules import DINOProjectionHead
-    from lightly.models.utils import deactivate_requires_grad, update_momentum
-    from lightly.transforms.dino_transform import DINOTransform
+class _Clock:
+    """Wall time of the steps after the first ``skip`` (lazy initialisation excluded)."""
+
+    def __init__(self, skip: int = 20) -> None:
+        self.skip, self.t0, self.steps = skip, 0.0, 0
+
+    def tick(self, step: int) -> None:
+        if step == self.skip:
+            self.t0 = time.perf_counter()
+        self.steps = step
+
+    def per_step(self) -> float:
+        return (time.perf_counter() - self.t0) / max(self.steps - self.skip, 1)
+
+
+def _lightly_loop(
+    name: str,
+    steps: int,
+    seed: int,
+    recipe: Any,
+    dataset: Any,
+    collate_fn: Any,
+    params: list[torch.nn.Parameter],
+    step_fn: Any,
+    clock: _Clock | None = None,
+) -> None:
+    """The quickstart's optimiser (AdamW, its lr, weight decay, one-epoch linear warm-up
+    then lightly's cosine schedule, gradient clipping) around ``step_fn(views, step, epoch)``,
+    which returns the loss; ``after_backward(epoch)`` on it, when there, runs before the
+    optimiser step."""
     from lightly.utils.scheduler import cosine_schedule
-    from torchvision.transforms.functional import to_pil_image
 
-    from medssl.config import build_component
-    from medssl.data import collate
-
-    recipe = load_recipe(QUICKSTART, [f"seed={seed}"], registry)
-    aug, tr = recipe.augmentation.options, recipe.train
-    dino = next(s for s in recipe.objectives if s.name == "dino").options
-    torch.manual_seed(seed)
-    student = build_component(registry, recipe.backbone)
-    teacher = copy.deepcopy(student)
-    dim = student.embed_dim
-    head_args = (dim, dino["hidden_dim"], dino["bottleneck_dim"], dino["prototypes"])
-    student_head = DINOProjectionHead(*head_args, freeze_last_layer=1)
-    teacher_head = DINOProjectionHead(*head_args)
-    teacher_head.load_state_dict(student_head.state_dict())
-    deactivate_requires_grad(teacher)
-    deactivate_requires_grad(teacher_head)
-    transform = DINOTransform(
-        global_crop_size=aug["global_crop_size"],
-        global_crop_scale=tuple(aug.get("global_scale", (0.32, 1.0))),
-        local_crop_size=aug["local_crop_size"],
-        local_crop_scale=tuple(aug.get("local_scale", (0.05, 0.32))),
-        n_local_views=aug["n_local_crops"],
-        normalize={"mean": [0.5] * 3, "std": [0.25] * 3},
-    )
-    dataset = build_component(registry, recipe.data)
-
-    def lightly_collate(samples: list[dict[str, Any]]) -> list[torch.Tensor]:
-        batch = collate(samples)
-        views = [transform(to_pil_image(img).convert("RGB")) for img in batch["image"]]
-        # lightly's transform is RGB; the backbone is grey (in_chans 1): average channels.
-        return [
-            torch.stack([v[i] for v in views]).mean(1, keepdim=True) for i in range(len(views[0]))
-        ]
-
+    tr = recipe.train
     g = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=tr.batch_size,
         shuffle=True,
         drop_last=True,
-        collate_fn=lightly_collate,
+        collate_fn=collate_fn,
         generator=g,
     )
-    criterion = DINOLoss(
-        output_dim=dino["prototypes"],
-        warmup_teacher_temp_epochs=int(dino["warmup_teacher_temp_epochs"]),
-        teacher_temp=dino["teacher_temp"],
-    )
-    params = list(student.parameters()) + list(student_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
     per_epoch = len(loader)
     warmup = int(tr.warmup_epochs * per_epoch)
@@ -184,41 +177,239 @@ def _train_lightly_dino(steps: int, seed: int, registry: Any) -> torch.nn.Module
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            momentum = cosine_schedule(step, steps, tr.momentum_teacher, 1.0)
-            update_momentum(student, teacher, momentum)
-            update_momentum(student_head, teacher_head, momentum)
-            globals_ = views[:2]
-            teacher_out = [teacher_head(teacher(v).cls) for v in globals_]
-            student_out = [student_head(student(v).cls) for v in views]
-            loss = criterion(teacher_out, student_out, epoch=epoch)
+            loss = step_fn(views, step, epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            student_head.cancel_last_layer_gradients(current_epoch=epoch)
+            after = getattr(step_fn, "after_backward", None)
+            if after is not None:
+                after(epoch)
             torch.nn.utils.clip_grad_norm_(params, tr.clip_grad or 3.0)
             optimizer.step()
             step += 1
+            if clock is not None:
+                clock.tick(step)
             if step % 20 == 0 or step == steps:
-                log.info(
-                    "lightly_dino seed %d step %d/%d loss %.4f", seed, step, steps, loss.item()
-                )
+                log.info("%s seed %d step %d/%d loss %.4f", name, seed, step, steps, loss.item())
+
+
+def _lightly_start(seed: int, registry: Any) -> tuple[Any, torch.nn.Module, Any]:
+    """The quickstart recipe, its ViT at the seed's initialisation (the same random start
+    as the quickstart's and :func:`random_encoder`'s), and the demo DRR training split."""
+    from medssl.config import build_component
+
+    recipe = load_recipe(QUICKSTART, [f"seed={seed}"], registry)
+    torch.manual_seed(seed)
+    backbone = build_component(registry, recipe.backbone)
+    return recipe, backbone, build_component(registry, recipe.data)
+
+
+def _train_lightly_dino(
+    steps: int, seed: int, registry: Any, clock: _Clock | None = None
+) -> torch.nn.Module:
+    """The quickstart ViT trained with lightly's DINO pieces (projection heads, loss,
+    multi-crop transform, momentum update) with the quickstart's crops, heads and
+    optimiser; returns the teacher, as DINO evaluates it."""
+    from lightly.loss import DINOLoss
+    from lightly.models.modules import DINOProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+    from lightly.transforms.dino_transform import DINOTransform
+    from lightly.utils.scheduler import cosine_schedule
+    from torchvision.transforms.functional import to_pil_image
+
+    from medssl.data import collate
+
+    recipe, student, dataset = _lightly_start(seed, registry)
+    aug, tr = recipe.augmentation.options, recipe.train
+    dino = next(s for s in recipe.objectives if s.name == "dino").options
+    teacher = copy.deepcopy(student)
+    head_args = (student.embed_dim, dino["hidden_dim"], dino["bottleneck_dim"], dino["prototypes"])
+    student_head = DINOProjectionHead(*head_args, freeze_last_layer=1)
+    teacher_head = DINOProjectionHead(*head_args)
+    teacher_head.load_state_dict(student_head.state_dict())
+    deactivate_requires_grad(teacher)
+    deactivate_requires_grad(teacher_head)
+    transform = DINOTransform(
+        global_crop_size=aug["global_crop_size"],
+        global_crop_scale=tuple(aug.get("global_scale", (0.32, 1.0))),
+        local_crop_size=aug["local_crop_size"],
+        local_crop_scale=tuple(aug.get("local_scale", (0.05, 0.32))),
+        n_local_views=aug["n_local_crops"],
+        normalize={"mean": [0.5] * 3, "std": [0.25] * 3},
+    )
+
+    def lightly_collate(samples: list[dict[str, Any]]) -> list[torch.Tensor]:
+        batch = collate(samples)
+        views = [transform(to_pil_image(img).convert("RGB")) for img in batch["image"]]
+        # lightly's transform is RGB; the backbone is grey (in_chans 1): average channels.
+        return [
+            torch.stack([v[i] for v in views]).mean(1, keepdim=True) for i in range(len(views[0]))
+        ]
+
+    criterion = DINOLoss(
+        output_dim=dino["prototypes"],
+        warmup_teacher_temp_epochs=int(dino["warmup_teacher_temp_epochs"]),
+        teacher_temp=dino["teacher_temp"],
+    )
+
+    def step_fn(views: list[torch.Tensor], step: int, epoch: int) -> torch.Tensor:
+        momentum = cosine_schedule(step, steps, tr.momentum_teacher, 1.0)
+        update_momentum(student, teacher, momentum)
+        update_momentum(student_head, teacher_head, momentum)
+        teacher_out = [teacher_head(teacher(v).cls) for v in views[:2]]
+        student_out = [student_head(student(v).cls) for v in views]
+        return criterion(teacher_out, student_out, epoch=epoch)
+
+    step_fn.after_backward = lambda epoch: student_head.cancel_last_layer_gradients(epoch)  # type: ignore[attr-defined]
+    params = list(student.parameters()) + list(student_head.parameters())
+    _lightly_loop(
+        "lightly_dino", steps, seed, recipe, dataset, lightly_collate, params, step_fn, clock
+    )
     return teacher.eval()
 
 
-def _train_lightly_dino_run(steps: int, seed: int, run_dir: Path, registry: Any) -> Path:
-    """lightly's DINO on the quickstart ViT, saved as a run directory (config + weights)."""
+def _train_lightly_mae(
+    steps: int, seed: int, registry: Any, clock: _Clock | None = None
+) -> torch.nn.Module:
+    """The quickstart ViT trained as lightly's MAE example does (He et al. 2022): lightly's
+    ``MAETransform`` (one random resized crop at the quickstart's global size and scale,
+    horizontal flip), ``random_token_mask`` (the CLS token always kept), the encoder on the
+    kept tokens only (medssl's ``forward_visible``), lightly's decoder
+    (``MaskedVisionTransformerDecoderTIMM`` with ``repeat_token`` / ``set_at_index`` /
+    ``get_at_index``) at the quickstart's MAE sizes and mask ratio, and MSE on the masked
+    patches' raw pixels (``patchify``), as lightly's example (no per-patch normalisation)."""
+    from lightly.models import utils
+    from lightly.models.modules import MaskedVisionTransformerDecoderTIMM
+    from lightly.transforms.mae_transform import MAETransform
+    from torchvision.transforms.functional import to_pil_image
+
+    from medssl.data import collate
+
+    recipe, backbone, dataset = _lightly_start(seed, registry)
+    aug = recipe.augmentation.options
+    mae = next(s for s in recipe.objectives if s.name == "mae").options
+    size, patch = aug["global_crop_size"], backbone.patch_size
+    grid = size // patch
+    embed = torch.nn.Linear(backbone.embed_dim, mae["decoder_dim"])
+    decoder = MaskedVisionTransformerDecoderTIMM(
+        num_patches=grid * grid,
+        embed_dim=mae["decoder_dim"],
+        depth=mae["decoder_depth"],
+        num_heads=mae["decoder_heads"],
+        mlp_ratio=4.0,
+    )
+    predict = torch.nn.Linear(mae["decoder_dim"], patch * patch * backbone.in_chans)
+    transform = MAETransform(
+        input_size=size,
+        min_scale=float(aug.get("global_scale", (0.32, 1.0))[0]),
+        normalize={"mean": [0.5], "std": [0.25]},
+    )
+
+    def lightly_collate(samples: list[dict[str, Any]]) -> torch.Tensor:
+        batch = collate(samples)
+        return torch.stack([transform(to_pil_image(img))[0] for img in batch["image"]])
+
+    def step_fn(images: torch.Tensor, step: int, epoch: int) -> torch.Tensor:
+        n = images.shape[0]
+        idx_keep, idx_mask = utils.random_token_mask(
+            size=(n, grid * grid + 1), mask_ratio=mae["mask_ratio"]
+        )
+        # idx_* count the CLS token as 0 (kept first); medssl's forward_visible takes
+        # patch indices and prepends the CLS token itself.
+        encoded = backbone.forward_visible(images, idx_keep[:, 1:] - 1)
+        tokens = utils.repeat_token(decoder.mask_token, (n, grid * grid + 1))
+        tokens = utils.set_at_index(tokens, idx_keep, embed(encoded).type_as(tokens))
+        decoded = decoder.decode(decoder.add_pos_embed(tokens))
+        pred = predict(utils.get_at_index(decoded, idx_mask))
+        target = utils.get_at_index(utils.patchify(images, patch), idx_mask - 1)
+        return torch.nn.functional.mse_loss(pred, target)
+
+    params = [
+        *backbone.parameters(),
+        *embed.parameters(),
+        *(p for p in decoder.parameters() if p.requires_grad),
+        *predict.parameters(),
+    ]
+    _lightly_loop(
+        "lightly_mae", steps, seed, recipe, dataset, lightly_collate, params, step_fn, clock
+    )
+    return backbone.eval()
+
+
+#: lightly arms: the same backbone, crops and optimiser, lightly's objective pieces.
+LIGHTLY = {"lightly_dino": _train_lightly_dino, "lightly_mae": _train_lightly_mae}
+
+
+def _train_lightly_run(condition: str, steps: int, seed: int, run_dir: Path, registry: Any) -> Path:
+    """A lightly arm saved as a run directory (the quickstart's config + the weights)."""
+    import yaml
     from safetensors.torch import save_file
 
     t0 = time.time()
-    model = _train_lightly_dino(steps, seed, registry)
+    model = LIGHTLY[condition](steps, seed, registry)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = load_recipe(QUICKSTART, [f"seed={seed}", "eval=[]"], registry)
-    import yaml
-
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved.config, sort_keys=False))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(run_dir / "backbone.safetensors"))
     (run_dir / "done").write_text(f"{time.time() - t0:.0f} s\n")
     return run_dir
+
+
+def _seconds_per_step(condition: str, steps: int, registry: Any) -> float:
+    """Steady-state seconds per training step of one arm (steps after the 20th), seed 0,
+    in this process: the quickstart through medssl's trainer (its logged throughput
+    windows, data loading and diagnostics included), a lightly arm through its loop."""
+    if condition in LIGHTLY:
+        clock = _Clock()
+        LIGHTLY[condition](steps, 0, registry, clock)
+        return clock.per_step()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # One checkpoint at the end, after the last timed window.
+        resolved = _train_medssl(condition, steps, 0, Path(tmp) / "run", registry)
+        with open(Path(tmp) / "run" / "metrics.csv", newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("images_per_s")]
+    batch = resolved.train.batch_size
+    windows = [batch / float(r["images_per_s"]) for r in rows if int(r["step"]) > 20]
+    return float(np.mean(windows))
+
+
+def calibrate(arms: list[str], rounds: int, steps: int, threads: int) -> dict[str, Any]:
+    """Equal wall-clock: alternate fresh processes (quickstart, arm 1, ..., quickstart, ...),
+    each timing ``steps`` steps; per lightly arm the median over rounds of the ratio to the
+    quickstart round next to it (before it for the first arm, after it for the others)."""
+    import subprocess
+    import sys
+
+    order = ["quickstart"]
+    for _ in range(rounds):
+        order += [*arms, "quickstart"] if len(arms) > 1 else [arms[0], "quickstart"]
+    timed: list[tuple[str, float, list[str]]] = []
+    for arm in order:
+        load = open("/proc/loadavg").read().split()[:3]
+        cmd = [sys.executable, __file__, "--clock-one", arm, "--clock-steps", str(steps)]
+        out = subprocess.run(
+            [*cmd, "--threads", str(threads)], check=True, capture_output=True, text=True
+        ).stdout
+        sec = float(out.strip().splitlines()[-1])
+        log.info("clock %s: %.3f s/step (load %s)", arm, sec, " ".join(load))
+        timed.append((arm, sec, load))
+    ratios: dict[str, list[float]] = {a: [] for a in arms}
+    for i, (arm, sec, _) in enumerate(timed):
+        if arm == "quickstart":
+            continue
+        # The adjacent quickstart round: before the first arm of a cycle, after the others.
+        j = i - 1 if timed[i - 1][0] == "quickstart" else i + 1
+        while timed[j][0] != "quickstart":
+            j += 1
+        ratios[arm].append(timed[j][1] / sec)
+    return {
+        "rounds": [{"arm": a, "s_per_step": s, "load": ld} for a, s, ld in timed],
+        "ratio_quickstart_to_arm": {a: float(np.median(r)) for a, r in ratios.items()},
+        "ratios": ratios,
+        "steps_per_round": steps,
+    }
 
 
 def _demo_rows() -> list[dict[str, str]]:
@@ -227,10 +418,23 @@ def _demo_rows() -> list[dict[str, str]]:
 
 
 def _features(encoder: Encoder, registry: Any) -> FeatureSet:
-    """Frozen features, pixels, labels and masks of every demo DRR, in manifest order."""
+    """Frozen features, pixels, labels and masks of every demo DRR, in manifest order; the
+    patch tokens (and the raw pixel patches of the same grid) as the segmentation probe
+    reads them by default: the last ``LAYERS`` blocks at ``SCALE`` x the crop size."""
+    from dataclasses import replace
+
+    from medssl.eval.segmentation import LAYERS, SCALE
+
     block = {"name": "demo_cxr", "subset": "drr", "masks": True, "image_size": 112}
     dataset = build_dataset(registry, block, "learning_quality")
-    return extract(encoder, dataset, batch_size=64, patches=True)
+    fs = extract(encoder, dataset, batch_size=64)
+    p = encoder.patch_size
+    size = max(1, round(encoder.image_size * SCALE / p)) * p
+    layers = min(LAYERS, len(encoder.backbone.blocks))  # type: ignore[arg-type]
+    seg = extract(
+        encoder, dataset, batch_size=64, patches=True, image_size=size, patch_layers=layers
+    )
+    return replace(fs, patches=seg.patches, pixel_patches=seg.pixel_patches, masks=seg.masks)
 
 
 def _protocols(rows: list[dict[str, str]]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
@@ -361,9 +565,12 @@ def summarise(
     floors: dict[str, Any],
     labels: np.ndarray,
     n_boot: int,
+    reference: str | None = None,
 ) -> dict[str, Any]:
     """Per condition and probe key: seed-mean score, its interval, and the paired
-    seed-mean difference from the random start with its interval; floors beside."""
+    seed-mean difference from the random start with its interval; floors beside; with a
+    ``reference`` condition, the paired seed-mean difference from it (``vs_reference``,
+    over the seeds both have)."""
     summary: dict[str, Any] = {}
     for condition, seeds in probed.items():
         entry: dict[str, Any] = {"seeds": sorted(seeds)}
@@ -395,6 +602,17 @@ def summarise(
                     fp, fb = _metric(floors[fk], labels, idx)
                     row[name] = fp
                     row[f"vs_{name}"] = (float(np.mean(points) - fp), *percentile_ci(score - fb))
+            ref = probed.get(reference or "", {})
+            common = sorted(set(ref) & set(seeds))
+            if condition != reference and common and key in ref[common[0]]:
+                own = [_metric(seeds[sd][key], labels, idx) for sd in common]
+                other = [_metric(ref[sd][key], labels, idx) for sd in common]
+                diff = np.mean([b for _, b in own], 0) - np.mean([b for _, b in other], 0)
+                row["reference"] = float(np.mean([p for p, _ in other]))
+                row["vs_reference"] = (
+                    float(np.mean([p for p, _ in own]) - row["reference"]),
+                    *percentile_ci(diff),
+                )
             entry[key] = row
         summary[condition] = entry
     return summary
@@ -460,6 +678,27 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                 for m in ("cls+mean_patch", "cls", "mean_patch")
             ]
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    compared = {c: e for c, e in summary.items() if "vs_reference" in e.get(HEADLINE, {})}
+    if compared:
+        keys = [HEADLINE, "linear:cls+mean_patch:heldout", "seg:tokens:split"]
+        keys.append("knn:cls+mean_patch:split")
+        lines += [
+            "",
+            f"Paired difference, condition − `{meta.get('reference')}` (seed means over the "
+            "seeds both have, 95 % interval); ▲: the condition's mean is more than 0.01 "
+            f"above `{meta.get('reference')}`'s (a loss for it), ▼: more than 0.01 below:",
+            "",
+            "| condition | linear AUROC, split | linear AUROC, held-out CT | seg Dice, split "
+            "| k-NN AUROC, split |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for c, e in compared.items():
+            cells = []
+            for k in keys:
+                d, lo, hi = e[k]["vs_reference"]
+                mark = " ▲" if d > 0.01 else " ▼" if d < -0.01 else ""
+                cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark}")
+            lines.append(f"| {c} (n={len(e['seeds'])}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -478,9 +717,41 @@ def main() -> None:
     parser.add_argument(
         "--summary-only", action="store_true", help="only tabulate the probes already cached"
     )
+    parser.add_argument(
+        "--steps-for",
+        nargs="*",
+        default=[],
+        metavar="CONDITION=STEPS",
+        help="a condition's own step count (the lightly arms at equal wall-clock)",
+    )
+    parser.add_argument(
+        "--reference", help="also report each condition's paired difference from this one"
+    )
+    parser.add_argument(
+        "--clock",
+        nargs="+",
+        metavar="ARM",
+        help="only calibrate equal wall-clock of these arms against the quickstart",
+    )
+    parser.add_argument("--clock-rounds", type=int, default=3)
+    parser.add_argument("--clock-steps", type=int, default=60)
+    parser.add_argument("--clock-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
+    if args.clock_one:
+        print(_seconds_per_step(args.clock_one, args.clock_steps, load_registry()))
+        return
+    if args.clock:
+        result = calibrate(args.clock, args.clock_rounds, args.clock_steps, args.threads)
+        result["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        result["threads"] = args.threads
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "clock.json").write_text(json.dumps(result, indent=2) + "\n")
+        for arm, ratio in result["ratio_quickstart_to_arm"].items():
+            print(f"{arm}: {ratio:.3f} x the quickstart's steps per second")
+        return
+    steps_for = {c: int(n) for c, n in (kv.split("=", 1) for kv in args.steps_for)}
     cache = args.out / "probes"
     cache.mkdir(parents=True, exist_ok=True)
     registry = load_registry()
@@ -500,10 +771,11 @@ def main() -> None:
     randoms: dict[int, Any] = {}
     for condition in args.conditions:
         for seed in args.seeds:
-            run_dir = args.runs / f"{condition}_{args.steps}_s{seed}"
+            steps = steps_for.get(condition, args.steps)
+            run_dir = args.runs / f"{condition}_{steps}_s{seed}"
             if args.no_train and not (run_dir / "done").is_file():
                 continue
-            run_dir = _train(condition, args.steps, seed, args.runs, registry)
+            run_dir = _train(condition, steps, seed, args.runs, registry)
             resolved = load_recipe(run_dir / "config.yaml", ["eval=[]"], registry)
             weights = run_dir / "backbone.safetensors"
             try:
@@ -540,13 +812,14 @@ def main() -> None:
     except NotCached:
         floors = {}
     labels = _features_labels(rows)
-    summary = summarise(probed, randoms, floors, labels, args.bootstrap)
+    summary = summarise(probed, randoms, floors, labels, args.bootstrap, args.reference)
     meta = {
-        "steps": args.steps,
+        "steps": {c: steps_for.get(c, args.steps) for c in args.conditions},
         "seeds": args.seeds,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load": open("/proc/loadavg").read().split()[:3],
         "probe_min": round((time.time() - started) / 60, 1),
+        "reference": args.reference,
     }
     (args.out / "learning_quality.json").write_text(
         json.dumps({"meta": meta, "summary": summary}, indent=2, default=float) + "\n"

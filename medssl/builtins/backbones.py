@@ -187,6 +187,20 @@ class VisionTransformer(nn.Module):
         visible = torch.cat([tokens[:, :1], torch.gather(tokens, 1, index)], dim=1)
         return self.vit.norm(self._blocks(visible))
 
+    def patch_layers(self, x: Tensor, n: int) -> list[Tensor]:
+        """Patch tokens ``[N, P, D]`` after each of the last ``n`` blocks, each through the
+        final norm (DINOv2's ``get_intermediate_layers(norm=True)``, read by its
+        multilayer linear segmentation probe)."""
+        self._check_input(x)
+        if not 1 <= n <= len(self.vit.blocks):
+            raise ValueError(f"patch_layers: n={n} is not in 1..{len(self.vit.blocks)} (depth)")
+        tokens = self._embed(x, None)
+        outs = []
+        for block in self.vit.blocks:
+            tokens = block(tokens)
+            outs.append(tokens)
+        return [self.vit.norm(t)[:, 1:] for t in outs[-n:]]
+
     def get_last_self_attention(self, x: Tensor) -> Tensor:
         """Attention weights ``[N, heads, T, T]`` of the last block (for attention maps)."""
         self._check_input(x)

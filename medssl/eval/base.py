@@ -178,15 +178,21 @@ class EvalContext:
         return self.floor_cache[key]
 
     def random_splits(
-        self, opts: EvalOptions, name: str, *, patches: bool = False
+        self, opts: EvalOptions, name: str, *, patches: bool = False, patch_layers: int = 1
     ) -> Splits | None:
         """The random-weights encoder's features of the same data (None: no such floor)."""
         if self.random_encoder is None or not opts.random_floor:
             return None
-        return self.splits(opts, name, patches=patches, random=True)
+        return self.splits(opts, name, patches=patches, random=True, patch_layers=patch_layers)
 
     def splits(
-        self, opts: EvalOptions, name: str, *, patches: bool = False, random: bool = False
+        self,
+        opts: EvalOptions,
+        name: str,
+        *,
+        patches: bool = False,
+        random: bool = False,
+        patch_layers: int = 1,
     ) -> Splits:
         block = opts.data if opts.data is not None else self.default_data
         if block is None:
@@ -206,6 +212,7 @@ class EvalContext:
             pixel_size=opts.pixel_size,
             max_images=opts.max_images,
             cache=self.random_cache if random else self.cache,
+            patch_layers=patch_layers,
         )
         self.last_split = splits.split.to_dict() if splits.split is not None else None
         return splits

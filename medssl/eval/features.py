@@ -116,8 +116,10 @@ def extract(
     batch_size: int = 32,
     patches: bool = False,
     pixel_size: int = 32,
+    patch_layers: int = 1,
 ) -> FeatureSet:
-    """Run the frozen encoder over ``dataset`` (skipping images that fail to load)."""
+    """Run the frozen encoder over ``dataset`` (skipping images that fail to load);
+    ``patch_layers`` > 1: the patch tokens of the last blocks, concatenated per token."""
     from medssl.data import collate
 
     size = image_size or encoder.image_size
@@ -130,6 +132,11 @@ def extract(
     failures = 0
     backbone = encoder.backbone
     device = next(backbone.parameters()).device
+    if patches and patch_layers > 1 and not hasattr(backbone, "patch_layers"):
+        raise ValueError(
+            f"patch tokens of {patch_layers} blocks need a backbone with patch_layers(); "
+            f"{type(backbone).__name__} has none (set the evaluator's layers: 1)"
+        )
     for batch in loader:
         failures += len(batch.get("failures") or [])
         if "image" not in batch:
@@ -143,7 +150,10 @@ def extract(
         pix.append(F.adaptive_avg_pool2d(grey, pixel_size).flatten(1))
         if patches:
             hp = wp = size // p
-            toks.append(out.patch.float().cpu().reshape(len(x), hp, wp, -1).half())
+            tok = out.patch
+            if patch_layers > 1:
+                tok = torch.cat(backbone.patch_layers(x.to(device), patch_layers), -1)
+            toks.append(tok.float().cpu().reshape(len(x), hp, wp, -1).half())
             # The same grid of raw pixels: the segmentation floor's input.
             raw = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2)
             pix_toks.append(raw.reshape(len(x), hp, wp, -1).half())
@@ -217,11 +227,12 @@ def load_splits(
     pixel_size: int = 32,
     max_images: int | None = None,
     cache: dict[str, Any] | None = None,
+    patch_layers: int = 1,
 ) -> Splits:
     """Train / validation features of ``block`` (see the module docstring); cached per block."""
     cache = {} if cache is None else cache
     key = json.dumps(
-        [block, split, val_fraction, seed, image_size, pixel_size, max_images],
+        [block, split, val_fraction, seed, image_size, pixel_size, max_images, patch_layers],
         sort_keys=True,
         default=str,
     )
@@ -229,7 +240,11 @@ def load_splits(
     if hit is not None and (not patches or hit.train.patches is not None):
         return hit
     kwargs = dict(
-        image_size=image_size, batch_size=batch_size, patches=patches, pixel_size=pixel_size
+        image_size=image_size,
+        batch_size=batch_size,
+        patches=patches,
+        pixel_size=pixel_size,
+        patch_layers=patch_layers,
     )
     name = block.get("name")
     train_ds, val_ds, reference, info = split_datasets(
