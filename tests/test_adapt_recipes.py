@@ -89,6 +89,7 @@ def test_distill_vits_cpu_recipe_runs_from_a_run_directory(
     overrides += [
         "objectives.distillation.variant=dinov2",
         "objectives.distillation.features=both",  # the default: allowed with dinov2
+        "train.log_every=1",  # a metrics row per step
     ]
     medssl_cli(["validate", recipe, *overrides])
     result = medssl_cli(["run", recipe, *overrides])
