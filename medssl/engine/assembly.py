@@ -68,11 +68,13 @@ def _view_request(recipe: ResolvedRecipe, objectives: dict[str, Any], patch_size
     return request
 
 
-def _check_text(recipe: ResolvedRecipe, objectives: dict[str, Any], dataset: Any) -> None:
+def _check_text(
+    recipe: ResolvedRecipe, objectives: dict[str, Any], dataset: Any, patch_size: int
+) -> None:
     if getattr(dataset, "has_text", False):
         return
     for key, (objective, _) in objectives.items():
-        if objective.request(1).text:
+        if objective.request(patch_size).text:
             raise RecipeError(
                 f"objective {key!r} needs report text, but dataset "
                 f"{recipe.data.name!r} provides none (set a text column, use a dataset with "
@@ -127,8 +129,9 @@ def assemble(
         raise RecipeError(str(exc), source, "backbone.init") from None
     if loaded:
         log.info("initial heads loaded from backbone.init for: %s", ", ".join(loaded))
-    request = _view_request(recipe, objectives, int(backbone.patch_size))
-    _check_text(recipe, objectives, dataset)
+    patch_size = int(backbone.patch_size)
+    request = _view_request(recipe, objectives, patch_size)
+    _check_text(recipe, objectives, dataset, patch_size)
     return Assembly(
         dataset=dataset,
         policy=policy,
